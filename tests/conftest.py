@@ -1,0 +1,70 @@
+"""Shared fixtures: small random ViTs and their ONNX artifacts, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# A small ViT with the real model's contract (384x384 input, patch 16, 1000 classes): exports in ~3 s.
+SMALL_KWARGS = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+MODEL = "vit_base_patch16_384.augreg_in21k_ft_in1k"
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    from export.weights import load_model
+
+    model, provenance = load_model(MODEL, "random", seed=0, model_kwargs=SMALL_KWARGS)
+    return model, provenance
+
+
+def export_small(path: Path, small_model, **kw) -> Path:
+    from export.onnx_export import export_onnx
+
+    model, provenance = small_model
+    export_onnx(model, path, model_name=MODEL, provenance=provenance, model_kwargs=SMALL_KWARGS, log=_quiet, **kw)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory, small_model) -> Path:
+    """uint8 NHWC artifact of the small ViT, max_batch 4 (so that batch splitting is exercised)."""
+    return export_small(tmp_path_factory.mktemp("small") / "small.onnx", small_model, max_batch=4)
+
+
+@pytest.fixture(scope="session")
+def small_onnx_nchw(tmp_path_factory, small_model) -> Path:
+    return export_small(tmp_path_factory.mktemp("small_nchw") / "small_nchw.onnx", small_model,
+                        input_format="float32", verify=True)
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    from export.images import builtin_photos
+
+    return builtin_photos()
+
+
+@pytest.fixture(scope="session")
+def skimage_dir() -> Path:
+    from export.images import skimage_data_dir
+
+    return skimage_data_dir()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu skip cleanly on machines without an NVIDIA GPU."""
+    from vitrt.gpu import gpu_count
+
+    if gpu_count() > 0 and not os.environ.get("VITRT_SKIP_GPU"):
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found by cudaGetDeviceCount)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,150 @@
+"""``vitrt.Engine``: one artifact, timm-exact preprocessing, predictions and embeddings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from .errors import ArtifactError, InputError
+from .labels import labels_for
+from .metadata import Metadata
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, normalize_nchw, to_pil, resize_center_crop
+
+
+class Prediction(NamedTuple):
+    index: int
+    label: str
+    prob: float
+
+
+def _is_single(images: Any) -> bool:
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    return not isinstance(images, (list, tuple))
+
+
+class Engine:
+    """Runs a vitrt artifact: ``.onnx`` on ONNX Runtime, ``.plan`` on TensorRT.
+
+    >>> engine = vitrt.Engine("artifacts/b16_384.onnx")
+    >>> engine.predict("cat.jpg")[0]
+    Prediction(index=281, label='tabby, tabby cat', prob=0.93)
+
+    ``providers`` chooses ONNX Runtime execution providers (default: the best present);
+    ``max_pixels`` refuses larger images before decoding them. Use as a context manager or call
+    :meth:`close` to free the session.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence | None = None, *,
+                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, **backend_options: Any):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"artifact {os.fspath(self.path)!r} does not exist; expected a .onnx or .plan "
+                                "file built by `make engine`")
+        suffix = self.path.suffix.lower()
+        if suffix == ".onnx":
+            from .backends.onnxruntime import OnnxRuntimeBackend
+
+            self.metadata = Metadata.from_onnx(self.path)
+            config = {"session.disable_quant_qdq": "1"} if self.metadata.precision == "fp8" else None
+            self.backend = OnnxRuntimeBackend(self.path, providers, threads=threads, session_config=config)
+        elif suffix == ".plan":
+            from .backends.tensorrt import TensorRTBackend
+
+            self.metadata = Metadata.from_json_file(self.path.with_name(self.path.name + ".json"))
+            self.backend = TensorRTBackend(self.path, self.metadata, **backend_options)
+        else:
+            raise ArtifactError(f"artifact {os.fspath(self.path)!r} has suffix {suffix!r}; expected .onnx or .plan")
+        self.max_pixels = max_pixels
+        self.labels = labels_for(self.metadata.label_set, self.metadata.num_classes)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Engine({os.fspath(self.path)!r}, backend={self.backend.name}, precision={self.metadata.precision})"
+
+    # --- images -> batch ------------------------------------------------------------------
+    def preprocess(self, image: ImageLike) -> np.ndarray:
+        """The uint8 [384, 384, 3] crop timm's eval transform makes of ``image``."""
+        return resize_center_crop(to_pil(image, self.max_pixels), self.metadata.data_config, self.max_pixels)
+
+    def _batch(self, images: Any) -> np.ndarray:
+        items = [images] if _is_single(images) else list(images)
+        if not items:
+            raise InputError("got an empty list of images; expected at least one image")
+        return np.stack([self.preprocess(im) for im in items])
+
+    # --- raw inference --------------------------------------------------------------------
+    def _check_batch(self, batch: Any) -> np.ndarray:
+        meta = self.metadata
+        if not isinstance(batch, np.ndarray):
+            raise InputError(f"batch is a {type(batch).__name__}; expected a numpy array")
+        want = meta.input_dtype
+        if batch.dtype != np.dtype(want):
+            raise InputError(f"batch has dtype {batch.dtype}; expected {want} {meta.input_layout} "
+                             f"[N, {', '.join(map(str, meta.item_shape))}]")
+        if batch.ndim != 1 + len(meta.item_shape) or tuple(batch.shape[1:]) != meta.item_shape:
+            raise InputError(f"batch has shape {tuple(batch.shape)}; expected [N, {', '.join(map(str, meta.item_shape))}] "
+                             f"({meta.input_layout})")
+        if batch.shape[0] < 1:
+            raise InputError("batch is empty (N = 0); expected at least one item")
+        return np.ascontiguousarray(batch)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs (name -> array) for a preprocessed batch: uint8 [N, 384, 384, 3] for the
+        default artifacts, float32 [N, 3, 384, 384] for NCHW ones. Batches larger than the
+        artifact's ``max_batch`` are split; outputs keep the input order."""
+        batch = self._check_batch(batch)
+        step = self.metadata.max_batch
+        name = self.metadata.input_name
+        parts = [self.backend.run({name: batch[i:i + step]}) for i in range(0, len(batch), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run_images(self, images: Any) -> tuple[dict[str, np.ndarray], bool]:
+        batch = self._batch(images)
+        if self.metadata.input_layout == "NCHW":
+            batch = normalize_nchw(batch, self.metadata.data_config)
+        return self.infer(batch), _is_single(images)
+
+    # --- tasks ----------------------------------------------------------------------------
+    def predict(self, images: Any, topk: int = 5):
+        """Top-``topk`` :class:`Prediction` s (softmax over the classes), highest first.
+
+        One image -> a list of predictions; a list of images -> a list of such lists."""
+        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= self.metadata.num_classes:
+            raise InputError(f"topk={topk!r}; expected an integer from 1 to {self.metadata.num_classes}")
+        out, single = self._run_images(images)
+        probs = softmax(out["logits"])
+        results = [top_k(p, int(topk), self.labels) for p in probs]
+        return results[0] if single else results
+
+    def embed(self, images: Any) -> np.ndarray:
+        """float32 embedding: (768,) for one image, (N, 768) for a list (timm's pre-logits features)."""
+        out, single = self._run_images(images)
+        emb = out["embedding"].astype(np.float32, copy=False)
+        return emb[0] if single else emb
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed in float64 for stable probabilities."""
+    x = logits.astype(np.float64)
+    x = np.exp(x - x.max(axis=-1, keepdims=True))
+    return x / x.sum(axis=-1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, k: int, labels: Sequence[str]) -> list[Prediction]:
+    idx = np.argsort(-probs, kind="stable")[:k]
+    return [Prediction(int(i), labels[int(i)], float(probs[i])) for i in idx]

@@ -1,0 +1,188 @@
+"""timm-exact eval preprocessing with Pillow and numpy only.
+
+timm's eval transform for this model is ``Resize(384, bicubic)`` (shorter side to 384, the longer
+side scaled and truncated with ``int()``), ``CenterCrop(384)`` (offsets rounded with Python's
+``round``), ``ToTensor``, ``Normalize``. Pillow does the resize and crop in both pipelines, so doing
+the same Pillow calls with the same integer arithmetic gives the same uint8 crop, pixel for pixel.
+Normalization is not done here: it runs inside the graph (see DESIGN.md, "Artifact contract").
+
+Images are decoded the way timm's dataset loader does it: ``Image.open(f).convert("RGB")``, no EXIF
+rotation, first frame of an animation.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError, InputError
+
+ImageLike = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+#: Pillow's own decompression-bomb threshold (about 9459 x 9459); larger images are refused unread.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+_INTERPOLATION = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+DEFAULT_DATA_CONFIG: dict[str, Any] = {
+    "input_size": (3, 384, 384),
+    "interpolation": "bicubic",
+    "mean": (0.5, 0.5, 0.5),
+    "std": (0.5, 0.5, 0.5),
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}
+
+
+def plan_resize_crop(width: int, height: int, data_config: dict) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The (resized size, crop box) timm's eval transform uses for a ``width`` x ``height`` image.
+
+    Mirrors ``timm.data.transforms_imagenet_eval`` (center crop mode) and torchvision's
+    ``_compute_resized_output_size`` / ``center_crop`` integer arithmetic.
+    """
+    crop_h, crop_w = (int(v) for v in data_config["input_size"][-2:])
+    crop_pct = float(data_config.get("crop_pct") or 1.0)
+    mode = data_config.get("crop_mode", "center")
+    scale = (math.floor(crop_h / crop_pct), math.floor(crop_w / crop_pct))
+    if mode != "center" or scale[0] != scale[1]:
+        raise InputError(
+            f"data config crop_mode={mode!r} with scale size {scale} is not supported; "
+            "expected crop_mode='center' and a square input_size"
+        )
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = scale[0], int(scale[0] * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    top = int(round((new_h - crop_h) / 2.0))
+    left = int(round((new_w - crop_w) / 2.0))
+    return (new_w, new_h), (left, top, left + crop_w, top + crop_h)
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"image file {os.fspath(source)!r}"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"image bytes ({len(source)} bytes)"
+    return "image"
+
+
+def _open(source: ImageLike, max_pixels: int) -> Image.Image:
+    """Open and decode ``source`` as timm's loader does, refusing bombs before decoding."""
+    what = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"{what} does not exist (or is not a file); expected a path to an image")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{what} is empty (0 bytes); expected an encoded image (JPEG, PNG, ...)")
+        fp: Any = path
+    else:
+        if len(source) == 0:
+            raise ImageError("image bytes are empty; expected an encoded image (JPEG, PNG, ...)")
+        fp = io.BytesIO(bytes(source))
+    try:
+        img = Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageError(f"{what} is not an image Pillow can read; expected JPEG, PNG, WebP, BMP, TIFF, ...") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{what} refused as a decompression bomb ({exc}); limit is {max_pixels} pixels") from None
+    except OSError as exc:
+        raise ImageError(f"{what} could not be read: {exc}") from None
+    _check_pixels(img.size, max_pixels, what)
+    try:
+        img.load()
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise ImageError(f"{what} is corrupt or truncated ({exc}); expected a complete encoded image") from None
+    return img
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageError(f"{what} has size {w}x{h}; expected at least 1x1 pixels")
+    if w * h > max_pixels:
+        raise ImageError(
+            f"{what} is {w}x{h} = {w * h} pixels, refused as a possible decompression bomb "
+            f"(limit {max_pixels} pixels; raise max_pixels to allow it)"
+        )
+
+
+def to_pil(source: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Any accepted image type -> an RGB PIL image, converted the way timm's loader converts."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8:
+            raise InputError(f"image array has dtype {source.dtype}; expected uint8 (HxWx3 RGB)")
+        if source.ndim != 3 or source.shape[2] != 3:
+            raise InputError(f"image array has shape {source.shape}; expected (H, W, 3) RGB uint8")
+        _check_pixels((source.shape[1], source.shape[0]), max_pixels, "image array")
+        return Image.fromarray(np.ascontiguousarray(source), mode="RGB")
+    if isinstance(source, Image.Image):
+        img = source
+        _check_pixels(img.size, max_pixels, "PIL image")
+    elif isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        img = _open(source, max_pixels)
+    else:
+        raise InputError(
+            f"got an image of type {type(source).__name__}; expected a path, bytes, a PIL image "
+            "or a uint8 HxWx3 numpy array"
+        )
+    if img.mode != "RGB":
+        try:
+            img = img.convert("RGB")
+        except (ValueError, OSError) as exc:
+            raise ImageError(f"{_describe(source)} has mode {img.mode!r} that cannot be converted to RGB ({exc})") from None
+    return img
+
+
+def resize_center_crop(img: Image.Image, data_config: dict = DEFAULT_DATA_CONFIG,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """timm's eval Resize + CenterCrop on an RGB PIL image -> uint8 array [H, W, 3]."""
+    (new_w, new_h), box = plan_resize_crop(img.width, img.height, data_config)
+    if new_w * new_h > max_pixels:
+        raise ImageError(
+            f"image {img.width}x{img.height} has an aspect ratio too extreme: its resize to "
+            f"{new_w}x{new_h} would need {new_w * new_h} pixels (limit {max_pixels})"
+        )
+    interp = data_config.get("interpolation", "bicubic")
+    if interp not in _INTERPOLATION:
+        raise InputError(f"interpolation {interp!r} is not supported; expected one of {sorted(_INTERPOLATION)}")
+    resample = _INTERPOLATION[interp]
+    left, top, right, bottom = box
+    if new_w > right - left and new_h != img.height:
+        # Landscape: Pillow resizes in two passes, horizontal then vertical, with a uint8 image in
+        # between, and each column of the vertical pass is independent of the others. So running the
+        # horizontal pass alone, cropping the columns we keep, then the vertical pass on that strip
+        # gives the same pixels as resize-then-crop, without the vertical pass on discarded columns.
+        # (Pillow's `box=` argument cannot do this exactly: it takes float32 coordinates.)
+        strip = img.resize((new_w, img.height), resample).crop((left, 0, right, img.height))
+        return np.asarray(strip.resize((right - left, new_h), resample).crop((0, top, right - left, bottom)),
+                          dtype=np.uint8)
+    if img.size != (new_w, new_h):
+        img = img.resize((new_w, new_h), resample)
+    return np.asarray(img.crop(box), dtype=np.uint8)
+
+
+def preprocess(source: ImageLike, data_config: dict = DEFAULT_DATA_CONFIG,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``source`` and return the uint8 [384, 384, 3] crop timm's eval transform makes."""
+    return resize_center_crop(to_pil(source, max_pixels), data_config, max_pixels)
+
+
+def normalize_nchw(batch: np.ndarray, data_config: dict = DEFAULT_DATA_CONFIG) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W], ``(x / 255 - mean) / std`` as timm's ToTensor + Normalize."""
+    x = batch.astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(data_config["mean"], dtype=np.float32)
+    std = np.asarray(data_config["std"], dtype=np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(0, 3, 1, 2))
