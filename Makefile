@@ -1,5 +1,5 @@
 # vitrt: two commands do all set-up on a fresh machine.
-#   make engine   build artifacts/ (venv + export + verification)
+#   make engine   build artifacts/ (venv + export + precision variants + TensorRT plans on a GPU)
 #   make test     run the test suite
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -8,10 +8,24 @@ WEIGHTS  ?= hub
 SEED     ?= 0
 ARTIFACTS ?= artifacts
 NAME     ?= b16_384
+PRECISION ?= fp16
+CALIB_DIR ?=
+CALIB_METHOD ?= max
+ALLOW_PARITY_FAILURE ?=
+MIN_BATCH ?= 1
+OPT_BATCH ?= 8
+MAX_BATCH ?= 32
+PLAN     ?= auto
+TRITON_REPO ?= triton
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: engine test venv clean
+# On a machine where nvidia-smi works, `make engine` also installs TensorRT and the cuda-bindings
+# that match the driver's CUDA major version (cuda-bindings 13 cannot talk to a CUDA 12 driver).
+HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
+CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
+
+.PHONY: engine test venv triton clean
 
 venv: $(VENV)/.installed
 
@@ -23,11 +37,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[build,test]'
 	touch $@
 
-engine: venv
-	$(PY) -m export --weights '$(WEIGHTS)' --seed $(SEED) --output-dir '$(ARTIFACTS)' --name '$(NAME)' $(EXPORT_ARGS)
+$(VENV)/.tensorrt: $(VENV)/.installed
+	$(PY) -m pip install --quiet 'tensorrt-cu$(CUDA_MAJOR)>=10.8' 'cuda-bindings==$(CUDA_MAJOR).*'
+	touch $@
+
+engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
+	$(PY) -m export --weights '$(WEIGHTS)' --seed $(SEED) --output-dir '$(ARTIFACTS)' --name '$(NAME)' \
+	  --precision '$(PRECISION)' --calib-method '$(CALIB_METHOD)' --plan '$(PLAN)' \
+	  --min-batch $(MIN_BATCH) --opt-batch $(OPT_BATCH) --max-batch-plan $(MAX_BATCH) \
+	  $(if $(CALIB_DIR),--calib-dir '$(CALIB_DIR)') $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(EXPORT_ARGS)
+
+# A Triton model repository for the plan (build it first with `make engine` on a GPU machine).
+triton: venv
+	$(PY) -m export.triton --plan '$(ARTIFACTS)/$(NAME)$(if $(filter-out fp16,$(PRECISION)),_$(PRECISION)).plan' \
+	  --repo '$(TRITON_REPO)'
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(ARTIFACTS) reports
+	rm -rf $(ARTIFACTS) reports $(TRITON_REPO)

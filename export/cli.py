@@ -10,12 +10,14 @@ from pathlib import Path
 from vitrt.errors import VitrtError
 
 from . import DEFAULT_MODEL
+from .precision import FP16_RANGE_IMAGES
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
-        description="Export timm's ViT-B/16-384 to ONNX (fp32, verified against PyTorch) with vitrt metadata.",
+        description="Export timm's ViT-B/16-384 to ONNX (fp32, verified against PyTorch) and make its FP16/INT8/FP8 "
+                    "variants, each checked by a parity gate, with vitrt metadata.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model and weights")
@@ -36,8 +38,53 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: %(default)s)")
     g.add_argument("--max-batch", type=int, default=32,
                    help="largest batch the runtime sends at once; larger ones are split (default: %(default)s)")
+    g = p.add_argument_group("precision (see README: FP16 everywhere, INT8 on Ampere+, FP8 on Hopper+)")
+    g.add_argument("--precision", default="fp16", metavar="P",
+                   help="variants to make besides the fp32 graph: fp32 (none), fp16, int8, fp8, all, or a "
+                        "comma-separated list (default: %(default)s)")
+    g.add_argument("--calib-dir", default=None, metavar="DIR",
+                   help="calibration images for int8/fp8 (500+ recommended), or 'builtin' for scikit-image's "
+                        "photos (smoke tests); fp16's range check uses the first, builtin when not given (default: none)")
+    g.add_argument("--calib-method", choices=("max", "entropy"), default="max",
+                   help="int8/fp8 calibration method; max measured as accurate as entropy here at a "
+                        "fraction of the memory (default: %(default)s)")
+    g.add_argument("--calib-max", type=int, default=512,
+                   help="use at most this many calibration images, evenly spaced (default: %(default)s)")
+    g.add_argument("--fp16-keep-fp32", type=lambda s: [x for x in s.split(",") if x], default=[], metavar="OPS",
+                   help="op types to keep in FP32 in the fp16 variant, besides what AutoCast flags, e.g. "
+                        "Softmax (default: none)")
+    g.add_argument("--fp16-range-images", type=int, default=FP16_RANGE_IMAGES,
+                   help="images AutoCast runs to find FP16 overflows; each costs about 4.3 GB of memory "
+                        "for ViT-B/16-384 (default: %(default)s)")
+    g.add_argument("--calibration-eps", type=lambda s: [x for x in s.split(",") if x], default=["cpu"],
+                   metavar="EPS", help="ModelOpt calibration providers: cpu, cuda:0, trt (default: cpu)")
+    g.add_argument("--gate", action="append", default=[], metavar="P.SUBSET.OUTPUT.METRIC=X",
+                   help="override one parity threshold, e.g. int8.photos.embedding.cosine_min=0.97; repeatable; "
+                        "the report records the limits used (default: the stated gate, see README)")
+    g.add_argument("--quantize-op-types", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   metavar="OPS", help="experiments: op types ModelOpt quantizes in int8/fp8, instead of its "
+                                       "choice (default: ModelOpt's)")
+    g.add_argument("--quantize-attention", action="store_true",
+                   help="experiments: also quantize the attention MatMuls (costs accuracy; default: off)")
+    g.add_argument("--allow-parity-failure", action="store_true",
+                   help="publish a variant that fails its parity gate; the report says so (default: off)")
+    g = p.add_argument_group("TensorRT plans (need an NVIDIA GPU and TensorRT)")
+    g.add_argument("--plan", choices=("auto", "yes", "no"), default="auto",
+                   help="auto: build a .plan per precision where a GPU and TensorRT are present, else say so and "
+                        "skip; yes: fail without them; no: ONNX only (default: %(default)s)")
+    g.add_argument("--min-batch", type=int, default=1, help="optimization profile minimum batch (default: %(default)s)")
+    g.add_argument("--opt-batch", type=int, default=8,
+                   help="batch TensorRT tunes kernels for: the middle of what dynamic batching forms (default: %(default)s)")
+    g.add_argument("--max-batch-plan", type=int, default=32,
+                   help="profile maximum batch: bounds activation memory; larger requests are split (default: %(default)s)")
+    g.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit in GiB (default: %(default)s)")
+    g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
+                   help="builder optimization level (default: %(default)s)")
+    g.add_argument("--timing-cache", type=Path, default=None,
+                   help="timing cache file reused across builds (default: OUTPUT_DIR/timing.cache)")
+    g.add_argument("--device", type=int, default=0, help="GPU to build on (default: %(default)s)")
     g = p.add_argument_group("build")
-    g.add_argument("--force", action="store_true", help="rebuild even when an up-to-date artifact exists (default: off)")
+    g.add_argument("--force", action="store_true", help="rebuild even when up-to-date artifacts exist (default: off)")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the ONNX Runtime vs PyTorch check (default: verify)")
     return p

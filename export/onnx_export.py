@@ -14,16 +14,6 @@ from vitrt.metadata import FORMAT, ONNX_KEY
 from .atomic import atomic_path, write_json
 from .graph import ImageModel
 
-#: ORT CPU vs PyTorch, both FP32. Measured here: max |diff| 2.6e-6 (logits) / 4.2e-6 (embedding) at
-#: O(1) magnitudes, cosine 1 - 1e-12: only summation order differs. 1e-4 relative and cosine 0.99999
-#: leave 25x+ headroom, while real defects (wrong normalization, swapped layout, wrong output tensor)
-#: give relative errors of 1e-2 and more.
-FP32_THRESHOLDS = {
-    "logits": {"cosine_min": 0.99999, "rel": 1e-4},
-    "embedding": {"cosine_min": 0.99999, "rel": 1e-4},
-}
-
-
 def build_metadata(model, data_config: dict, provenance: dict, *, model_name: str, model_kwargs: dict | None,
                    input_format: str, tokens: bool, opset: int, max_batch: int) -> dict[str, Any]:
     import timm
@@ -75,11 +65,14 @@ def set_metadata(model_proto, metadata: dict) -> None:
 def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenance: dict,
                 model_kwargs: dict | None = None, input_format: str = "uint8", tokens: bool = False,
                 opset: int = 18, max_batch: int = 32, photos=None, verify: bool = True,
+                images: dict | None = None, reference: dict | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Export ``model`` to ``out_path`` (fp32), check it, verify it against PyTorch, then publish it.
 
     Returns the parity report (also written to ``<out_path>.parity.json``). Raises BuildError, and
     leaves nothing under ``out_path``, when the export, the checker or the verification fails.
+    ``images``/``reference`` (from :mod:`export.parity`) avoid recomputing the PyTorch outputs when
+    the caller has them already.
     """
     import time
 
@@ -118,10 +111,11 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
             raise BuildError(f"onnx.checker rejected the export: {exc}") from None
         report = {"artifact": out_path.name, "precision": "fp32", "passed": None}
         if verify:
-            images = parity.image_set(photos, size)
-            reference = parity.reference_outputs(wrapper, data_config, images)
+            if images is None or reference is None:
+                images = parity.image_set(photos, size)
+                reference = parity.reference_outputs(wrapper, data_config, images)
             candidate = parity.candidate_outputs(tmp, images)
-            report = parity.parity_report(reference, candidate, FP32_THRESHOLDS, artifact=out_path.name,
+            report = parity.parity_report(reference, candidate, parity.THRESHOLDS["fp32"], artifact=out_path.name,
                                           precision="fp32", photos=[p.name for p in images["photos"]],
                                           synthetic=len(images["synthetic"]), batch_sizes=list(parity.BATCH_SIZES))
             log(parity.format_report(report))

@@ -45,7 +45,7 @@ def test_outputs_equal_timm_forward(small_onnx, small_model, photos):
         emb = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
     with vitrt.Engine(small_onnx) as e:
         out = e.infer(np.stack([e.preprocess(p) for p in photos[:3]]))
-    # FP32 on both sides; same tolerance argument as export.onnx_export.FP32_THRESHOLDS
+    # FP32 on both sides; same tolerance argument as export.parity.THRESHOLDS["fp32"]
     np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["embedding"], emb, rtol=1e-4, atol=1e-5)
 
@@ -198,7 +198,7 @@ def test_build_reuses_up_to_date_fp32(tmp_path):
     from export.build import BuildOptions, build
 
     logs: list[str] = []
-    opts = BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m")
+    opts = BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m", precision="fp32")
     path = build(opts, log=logs.append)["fp32"]
     meta = Metadata.from_onnx(path).data
     assert meta["weights"]["source"] == "random" and meta["model"]["kwargs"] == SMALL_KWARGS
@@ -206,7 +206,7 @@ def test_build_reuses_up_to_date_fp32(tmp_path):
     logs.clear()
     build(opts, log=logs.append)
     assert path.stat().st_mtime_ns == mtime and any("up to date" in m for m in logs)
-    build(BuildOptions(weights="random", seed=5, model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m"),
+    build(BuildOptions(weights="random", seed=5, model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m", precision="fp32"),
           log=logs.append)
     assert path.stat().st_mtime_ns != mtime and Metadata.from_onnx(path).data["weights"]["seed"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.parity.json"]  # no temp files left

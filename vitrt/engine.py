@@ -33,13 +33,14 @@ class Engine:
     >>> engine.predict("cat.jpg")[0]
     Prediction(index=281, label='tabby, tabby cat', prob=0.93)
 
-    ``providers`` chooses ONNX Runtime execution providers (default: the best present);
-    ``max_pixels`` refuses larger images before decoding them. Use as a context manager or call
-    :meth:`close` to free the session.
+    ``providers`` chooses ONNX Runtime execution providers (default: the best present) and
+    ``threads`` its intra-op threads; ``device`` picks the GPU for a plan and ``cuda_graphs`` turns
+    CUDA graph replay on or off; ``max_pixels`` refuses larger images before decoding them. Use as a
+    context manager or call :meth:`close` to free the session and its buffers.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence | None = None, *,
-                 threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, **backend_options: Any):
+    def __init__(self, path: str | os.PathLike, providers: Sequence | None = None, *, device: int = 0,
+                 cuda_graphs: bool = True, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactError(f"artifact {os.fspath(self.path)!r} does not exist; expected a .onnx or .plan "
@@ -55,7 +56,7 @@ class Engine:
             from .backends.tensorrt import TensorRTBackend
 
             self.metadata = Metadata.from_json_file(self.path.with_name(self.path.name + ".json"))
-            self.backend = TensorRTBackend(self.path, self.metadata, **backend_options)
+            self.backend = TensorRTBackend(self.path, self.metadata, device=device, cuda_graphs=cuda_graphs)
         else:
             raise ArtifactError(f"artifact {os.fspath(self.path)!r} has suffix {suffix!r}; expected .onnx or .plan")
         self.max_pixels = max_pixels

@@ -1,0 +1,174 @@
+"""Precision variants of the fp32 ONNX graph, made with NVIDIA TensorRT Model Optimizer (ModelOpt).
+
+- fp16: AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``). It runs the graph on a few
+  calibration images and keeps in FP32 every node whose inputs or outputs exceed ``data_max`` (512)
+  or whose initializers do not fit FP16; everything else becomes FP16. LayerNormalization keeps
+  ``stash_type=1``: its mean and variance are computed in FP32 even with FP16 inputs.
+- int8 / fp8: explicit QuantizeLinear/DequantizeLinear (``modelopt.onnx.quantization.quantize``),
+  symmetric, per-channel weights, calibrated on CALIB_DIR, FP16 for the rest. The attention
+  matrix multiplications are not quantized (``disable_mha_qdq``): TensorRT has no INT8 fused attention
+  for 577 tokens, and quantizing them costs accuracy.
+
+The graph's I/O keeps the artifact contract (uint8 image in, float32 out). ModelOpt rewrites its input
+file in place, so it always gets a copy of the fp32 artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from vitrt.errors import BuildError
+
+PRECISIONS = ("fp16", "int8", "fp8")
+CALIBRATION_METHODS = ("max", "entropy")
+#: Images AutoCast runs to find FP16 range overflows. It keeps every intermediate tensor of every
+#: image: measured peak 5.6 GB with 1 image, 9.8 GB with 2, 14.0 GB with 4 for ViT-B/16-384. One image
+#: is the default: the flag threshold (512) is 128x below FP16's limit (65504), so an activation that
+#: stays under it on one photo and overflows on another is implausible. More with --fp16-range-images.
+FP16_RANGE_IMAGES = 1
+
+
+class _ProgressReader:
+    """ORT CalibrationDataReader over a uint8 batch, one image per step, with a tqdm bar."""
+
+    def __init__(self, images: np.ndarray, input_name: str, desc: str):
+        from tqdm import tqdm
+
+        self.items = [{input_name: images[i:i + 1]} for i in range(len(images))]
+        self._tqdm = tqdm
+        self.desc = desc
+        self.rewind()
+
+    def get_next(self):
+        item = next(self._it, None)
+        if item is not None:
+            self._bar.update(1)
+        else:
+            self._bar.close()
+        return item
+
+    def get_first(self):
+        return self.items[0]
+
+    def rewind(self):
+        self._it = iter(self.items)
+        self._bar = self._tqdm(total=len(self.items), desc=self.desc, unit="img", leave=False)
+
+    def __len__(self):
+        return len(self.items)
+
+
+def _fp16(src: Path, calib: np.ndarray, workdir: Path, keep_fp32_ops: list[str]):
+    """AutoCast over ``calib`` (all of it: the caller chooses how many images)."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    npz = workdir / "autocast_inputs.npz"
+    np.savez(npz, image=calib)
+    model = convert_to_mixed_precision(os.fspath(src), low_precision_type="fp16", keep_io_types=True,
+                                       calibration_data=os.fspath(npz), op_types_to_exclude=keep_fp32_ops or None,
+                                       data_max=512)
+    options = {"tool": "modelopt.onnx.autocast.convert_to_mixed_precision", "data_max": 512,
+               "keep_fp32_ops": keep_fp32_ops, "range_images": int(len(calib)),
+               "keep_io_types": True}
+    return model, options
+
+
+def _quantize(mode: str, src: Path, calib: np.ndarray, workdir: Path, method: str, op_types: list[str] | None,
+              quantize_attention: bool, eps: list[str]):
+    from modelopt.onnx.quantization import quantize
+
+    out = workdir / f"{mode}.onnx"
+    reader = _ProgressReader(calib, "image", f"calibrating {mode} ({method})")
+    kwargs: dict[str, Any] = {}
+    if op_types:
+        kwargs["op_types_to_quantize"] = op_types
+    quantize(os.fspath(src), quantize_mode=mode, calibration_data_reader=reader, calibration_method=method,
+             calibration_eps=eps, output_path=os.fspath(out), high_precision_dtype="fp16",
+             disable_mha_qdq=not quantize_attention, log_level="WARNING", **kwargs)
+    import onnx
+
+    options = {"tool": "modelopt.onnx.quantization.quantize", "quantize_mode": mode, "calibration_method": method,
+               "high_precision_dtype": "fp16", "disable_mha_qdq": not quantize_attention, "op_types_to_quantize": op_types,
+               "calibration_eps": eps}
+    return onnx.load(os.fspath(out)), options
+
+
+def summarize(model) -> dict[str, Any]:
+    """What the precision pass did: Q/DQ pairs, quantized op types, node dtypes, I/O types."""
+    import onnx
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quantized = Counter()
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "Conv") and any(
+                producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+            quantized[n.op_type] += 1
+    ops = Counter(n.op_type for n in model.graph.node)
+    io = {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+          for v in list(model.graph.input) + list(model.graph.output)}
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {"qdq_pairs": ops.get("QuantizeLinear", 0), "quantized_ops": dict(quantized), "casts": ops.get("Cast", 0),
+            "io_types": io, "opset": opset}
+
+
+def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndarray | None,
+                 calib_provenance: dict | None, *, method: str = "max", keep_fp32_ops: list[str] | None = None,
+                 op_types: list[str] | None = None, quantize_attention: bool = False, eps: list[str] | None = None,
+                 recipe: dict | None = None, log: Callable[[str], None] = print):
+    """Make the ``precision`` variant of ``fp32_path``; returns (ModelProto with metadata, metadata).
+
+    ``op_types`` and ``quantize_attention`` override ModelOpt's choice of what to quantize (for
+    experiments and for testing the parity gate on a deliberately over-quantized graph)."""
+    import time
+
+    from .onnx_export import set_metadata
+
+    if precision not in PRECISIONS:
+        raise BuildError(f"precision {precision!r}; expected one of {PRECISIONS}")
+    if precision in ("int8", "fp8") and method not in CALIBRATION_METHODS:
+        raise BuildError(f"calibration method {method!r}; expected one of {CALIBRATION_METHODS}")
+    if calib is None or len(calib) == 0:
+        raise BuildError(f"{precision} needs calibration images")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"vitrt-{precision}-") as tmp:
+        workdir = Path(tmp)
+        src = workdir / "fp32_copy.onnx"  # ModelOpt rewrites its input in place
+        shutil.copyfile(fp32_path, src)
+        try:
+            if precision == "fp16":
+                model, options = _fp16(src, calib, workdir, list(keep_fp32_ops or []))
+            else:
+                model, options = _quantize(precision, src, calib, workdir, method, op_types, quantize_attention,
+                                           list(eps or ["cpu"]))
+        except BuildError:
+            raise
+        except Exception as exc:
+            raise BuildError(f"ModelOpt failed to make the {precision} variant: {type(exc).__name__}: {exc}") from None
+    summary = summarize(model)
+    want = {metadata["input"]["name"]: metadata["input"]["dtype"].upper().replace("FLOAT32", "FLOAT"),
+            **{k: "FLOAT" for k in metadata["outputs"]}}
+    if summary["io_types"] != want:
+        raise BuildError(f"the {precision} pass changed the graph's I/O types to {summary['io_types']}; "
+                         f"expected {want} (the artifact contract)")
+    from vitrt.metadata import sha256_file
+
+    meta = dict(metadata)
+    meta["precision"] = precision
+    meta["precision_pass"] = {**options, **summary, "seconds": round(time.perf_counter() - t0, 1)}
+    meta["calibration"] = {**(calib_provenance or {}), "method": method if precision != "fp16" else None,
+                           "used": int(len(calib)),
+                           "use": "AutoCast FP16 range check" if precision == "fp16" else f"{precision} Q/DQ ranges"}
+    meta["source_onnx"] = {"file": fp32_path.name, "sha256": sha256_file(fp32_path)}
+    meta["onnx"] = {**metadata.get("onnx", {}), "opset": summary["opset"]}
+    meta["recipe"] = recipe
+    set_metadata(model, meta)
+    log(f"{precision}: {summary['qdq_pairs']} Q/DQ pairs on {summary['quantized_ops'] or 'no ops'}, "
+        f"{summary['casts']} casts, opset {summary['opset']} ({time.perf_counter() - t0:.0f} s)")
+    return model, meta

@@ -1,0 +1,138 @@
+"""CUDA through cuda-python (``cuda.bindings.runtime``), the way NVIDIA's TensorRT samples do it.
+
+Every call goes through :func:`check`, which raises a :class:`BackendError` naming the call and the
+CUDA error. Buffers are allocated once; pinned host buffers are exposed as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        raise BackendError("cuda-python is not installed; expected `pip install 'vitrt[tensorrt]'` "
+                           "(cuda-bindings) to run TensorRT plans") from None
+    return cudart
+
+
+def check(result: Any, what: str = "CUDA call") -> Any:
+    """Unwrap a cuda-python result tuple ``(err, *values)``; raise BackendError unless it succeeded."""
+    cudart = _cudart()
+    if isinstance(result, tuple):
+        err, values = result[0], result[1:]
+    else:
+        err, values = result, ()
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = getattr(err, "name", str(err))
+        try:
+            desc = cudart.cudaGetErrorString(err)[1].decode()
+        except Exception:  # pragma: no cover - a broken driver may fail here too
+            desc = ""
+        raise BackendError(f"{what} failed: {name} {desc}".strip())
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def device_properties(device: int = 0) -> dict[str, Any]:
+    """Name, compute capability and memory of ``device``."""
+    cudart = _cudart()
+    props = check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return {"name": name.rstrip("\x00"), "compute_capability": f"{props.major}.{props.minor}",
+            "total_memory": int(props.totalGlobalMem)}
+
+
+def driver_version() -> str:
+    v = check(_cudart().cudaDriverGetVersion(), "cudaDriverGetVersion")
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+class Stream:
+    def __init__(self):
+        self.handle = check(_cudart().cudaStreamCreate(), "cudaStreamCreate")
+
+    def synchronize(self) -> None:
+        check(_cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+
+    def close(self) -> None:
+        if self.handle is not None:
+            check(_cudart().cudaStreamDestroy(self.handle), "cudaStreamDestroy")
+            self.handle = None
+
+
+class DeviceBuffer:
+    """``nbytes`` of device memory, freed by :meth:`close`."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = int(nbytes)
+        self.ptr = int(check(_cudart().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes})"))
+
+    def close(self) -> None:
+        if self.ptr:
+            check(_cudart().cudaFree(self.ptr), "cudaFree")
+            self.ptr = 0
+
+
+class HostBuffer:
+    """Pinned (page-locked) host memory seen as a flat numpy array of ``dtype``."""
+
+    def __init__(self, nbytes: int, dtype: np.dtype):
+        self.nbytes = int(nbytes)
+        self.ptr = int(check(_cudart().cudaMallocHost(self.nbytes), f"cudaMallocHost({self.nbytes})"))
+        raw = (ctypes.c_byte * self.nbytes).from_address(self.ptr)
+        self.array = np.frombuffer(raw, dtype=np.dtype(dtype))
+
+    def close(self) -> None:
+        if self.ptr:
+            self.array = None
+            check(_cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
+            self.ptr = 0
+
+
+def memcpy_htod_async(dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Stream) -> None:
+    cudart = _cudart()
+    check(cudart.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                 stream.handle), "cudaMemcpyAsync(host->device)")
+
+
+def memcpy_dtoh_async(dst: HostBuffer, src: DeviceBuffer, nbytes: int, stream: Stream) -> None:
+    cudart = _cudart()
+    check(cudart.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                 stream.handle), "cudaMemcpyAsync(device->host)")
+
+
+class Graph:
+    """A CUDA graph captured from the work ``launch(stream)`` enqueues, replayed with :meth:`launch`."""
+
+    def __init__(self, stream: Stream, launch) -> None:
+        cudart = _cudart()
+        self.stream = stream
+        self.graph = self.exec = None
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        check(cudart.cudaStreamBeginCapture(stream.handle, mode), "cudaStreamBeginCapture")
+        try:
+            launch(stream)
+        finally:
+            self.graph = check(cudart.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
+        self.exec = check(cudart.cudaGraphInstantiate(self.graph, 0), "cudaGraphInstantiate")
+
+    def launch(self) -> None:
+        check(_cudart().cudaGraphLaunch(self.exec, self.stream.handle), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        cudart = _cudart()
+        if self.exec is not None:
+            check(cudart.cudaGraphExecDestroy(self.exec), "cudaGraphExecDestroy")
+            self.exec = None
+        if self.graph is not None:
+            check(cudart.cudaGraphDestroy(self.graph), "cudaGraphDestroy")
+            self.graph = None
