@@ -17,6 +17,10 @@ OPT_BATCH ?= 8
 MAX_BATCH ?= 32
 PLAN     ?= auto
 TRITON_REPO ?= triton
+IMAGES   ?=
+LABELS   ?=
+QUICK    ?= 1
+BENCH_ARGS ?=
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -25,7 +29,7 @@ PYTEST_ARGS ?=
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
 
-.PHONY: engine test venv triton clean
+.PHONY: engine test venv triton parity bench clean
 
 venv: $(VENV)/.installed
 
@@ -51,6 +55,15 @@ engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
 triton: venv
 	$(PY) -m export.triton --plan '$(ARTIFACTS)/$(NAME)$(if $(filter-out fp16,$(PRECISION)),_$(PRECISION)).plan' \
 	  --repo '$(TRITON_REPO)'
+
+# Accuracy parity of every artifact in $(ARTIFACTS) vs timm's PyTorch FP32 -> reports/parity.{json,md,png}
+parity: venv
+	$(PY) -m benchmarks.parity --artifacts '$(ARTIFACTS)' $(if $(IMAGES),--images '$(IMAGES)') $(if $(LABELS),--labels '$(LABELS)')
+
+# Latency/throughput of every backend side by side -> reports/bench.{json,md,png}; QUICK=0 for the full sweep
+bench: venv
+	$(PY) -m benchmarks.preprocess --out reports
+	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(BENCH_ARGS)
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .common import cpu_name
 
 
 def make_jpegs(sizes=((512, 512), (640, 427), (1024, 768), (451, 300)), quality: int = 90) -> list[tuple[str, bytes]]:
@@ -80,19 +80,7 @@ def run(rounds: int = 5, per_round: int = 20, threads: int = 1) -> dict:
     results = {name: {"ms_per_image": 1e3 * float(np.median(t)), "images_per_s_per_core": float(1 / np.median(t)),
                       "speedup_vs_timm": float(base / np.median(t))} for name, t in times.items()}
     return {"images": [n for n, _ in jpegs], "identical_to_timm": identical, "threads": threads,
-            "rounds": rounds, "per_round": per_round, "cpu": _cpu_name(), "results": results}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
+            "rounds": rounds, "per_round": per_round, "cpu": cpu_name(), "results": results}
 
 
 def to_markdown(res: dict) -> str:
@@ -109,14 +97,15 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: %(default)s)")
     p.add_argument("--per-round", type=int, default=20, help="passes over the JPEGs per round (default: %(default)s)")
-    p.add_argument("--output", type=Path, default=None, help="write JSON here (default: print only)")
+    p.add_argument("--out", type=Path, default=None, help="write preprocess.json/.md in this folder (default: print only)")
     args = p.parse_args(argv)
     res = run(args.rounds, args.per_round)
-    print(to_markdown(res))
-    if args.output:
-        from export.atomic import write_json
+    md = to_markdown(res)
+    print(md)
+    if args.out:
+        from .common import write_reports
 
-        write_json(args.output, res)
+        write_reports("preprocess", res, md, folder=args.out)
     return 0
 
 

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from vitrt.cli import main as vitrt_main
 

@@ -1,0 +1,134 @@
+"""What the benchmarks share: artifact discovery, the reference model, machine info, report writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPORTS = Path("reports")
+
+
+def find_artifacts(folder: Path, with_plans: bool | None = None) -> list[Path]:
+    """vitrt artifacts in ``folder``: every .onnx with vitrt metadata, and .plan files when a GPU is here."""
+    from vitrt.errors import VitrtError
+    from vitrt.gpu import gpu_count
+    from vitrt.metadata import Metadata
+
+    if with_plans is None:
+        with_plans = gpu_count() > 0
+    found = []
+    for p in sorted(Path(folder).glob("*.onnx")):
+        try:
+            Metadata.from_onnx(p)
+            found.append(p)
+        except VitrtError:
+            continue
+    if with_plans:
+        found += [p for p in sorted(Path(folder).glob("*.plan")) if p.with_name(p.name + ".json").is_file()]
+    order = {"fp32": 0, "fp16": 1, "int8": 2, "fp8": 3}
+
+    def key(p: Path):
+        from vitrt.metadata import Metadata
+
+        meta = Metadata.from_onnx(p) if p.suffix == ".onnx" else Metadata.from_json_file(p.with_name(p.name + ".json"))
+        return (p.suffix == ".plan", order.get(meta.precision, 9), p.name)
+
+    return sorted(found, key=key)
+
+
+def reference_model(artifact: Path):
+    """The PyTorch FP32 model the artifacts were built from (weights per their metadata), in eval mode."""
+    from export.weights import load_model
+    from vitrt.metadata import Metadata
+
+    meta = Metadata.from_onnx(artifact).data
+    w = meta["weights"]
+    source = {"hub": "hub", "random": "random"}.get(w["source"], w.get("path"))
+    model, prov = load_model(meta["model"]["name"], source, seed=w.get("seed") or 0,
+                             model_kwargs=meta["model"].get("kwargs") or None)
+    if w.get("sha256") and prov.get("sha256") != w["sha256"]:
+        from vitrt.errors import BuildError
+
+        raise BuildError(f"the weights at {source} (sha256 {prov.get('sha256')}) are not the ones {artifact.name} was "
+                         f"built from ({w['sha256']}): the reference would not be the artifact's model")
+    return model, meta
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu": cpu_name(), "cores": os.cpu_count()}
+    from vitrt.gpu import gpu_count
+
+    if gpu_count():
+        from vitrt import cuda
+
+        info["gpu"] = cuda.device_properties(0)
+        info["driver"] = cuda.driver_version()
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("vitrt", "torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt", "numpy",
+                "pillow", "tensorrt", "cuda-bindings"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    info["packages"] = versions
+    return info
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown_table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    """A GitHub Markdown table; floats keep the formatting they were given as strings."""
+    align = align or ("l" + "r" * (len(header) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_reports(stem: str, data: dict, markdown: str, figure=None, folder: Path = REPORTS) -> dict[str, Path]:
+    """``<folder>/<stem>.json``, ``.md`` and ``.png``, each written atomically."""
+    from export.atomic import atomic_path, write_bytes, write_json
+
+    folder = Path(folder)
+    paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md"}
+    write_json(paths["json"], data)
+    write_bytes(paths["md"], (markdown + "\n").encode())
+    if figure is not None:
+        paths["png"] = folder / f"{stem}.png"
+        with atomic_path(paths["png"]) as tmp:
+            figure.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    return paths
+
+
+def percentiles(seconds: list[float] | np.ndarray) -> dict[str, float]:
+    """p50/p90/p99 latency in milliseconds (numpy's linear interpolation)."""
+    ms = 1e3 * np.asarray(seconds, dtype=np.float64)
+    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
+
+
+def json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, default=json_default)

@@ -1,0 +1,148 @@
+"""make parity / make bench: the metrics and report builders on inputs whose answers are known, and a
+quick end-to-end run of both on the small ViT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench, common, parity
+from vitrt.errors import InputError
+
+
+# --- timing math (a fake clock: no timed tests) -----------------------------------------------------
+def test_measure_and_summarize_with_a_fake_clock(monkeypatch):
+    clock = {"t": 100.0}
+    costs = iter([0.5] * 2 + [0.010, 0.020, 0.030, 0.040] + [0.010] * 100)  # 2 warm-ups, then timed calls
+
+    def fn():
+        clock["t"] += next(costs)
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["t"])
+    m = bench.measure(fn, warmup=2, min_iters=4, seconds=0.0)
+    assert m["iters"] == 4 and m["seconds"] == pytest.approx(0.1)
+    assert m["p50"] == pytest.approx(25.0) and m["p90"] == pytest.approx(37.0) and m["p99"] == pytest.approx(39.7)
+    s = bench.summarize(m, batch=8)
+    assert s["img_s"] == pytest.approx(8 * 4 / 0.1)  # images over the timed seconds, warm-up excluded
+    m = bench.measure(fn, warmup=0, min_iters=1, seconds=0.05)  # duration-bound: 5 more calls of 10 ms
+    assert m["iters"] == 5
+
+
+def test_percentiles_match_numpy():
+    x = np.random.default_rng(0).exponential(0.01, 1000)
+    p = common.percentiles(x)
+    assert p == {"p50": pytest.approx(1e3 * np.percentile(x, 50)), "p90": pytest.approx(1e3 * np.percentile(x, 90)),
+                 "p99": pytest.approx(1e3 * np.percentile(x, 99))}
+
+
+def test_markdown_table():
+    md = common.markdown_table(["a", "b"], [["x", "1.0"], ["y", "2.0"]])
+    assert md.splitlines() == ["| a | b |", "| --- | ---: |", "| x | 1.0 |", "| y | 2.0 |"]
+
+
+# --- parity metrics -----------------------------------------------------------------------------------
+def test_accuracy_counts_only_labelled_items():
+    logits = np.zeros((4, 10))
+    logits[0, 3] = 5      # top-1 3
+    logits[1, [1, 2]] = [5, 4]  # top-1 1, label 2 in top-5
+    logits[2, 7] = 5
+    acc = parity.accuracy(logits, [3, 2, 9, None])  # row 2: top-5 is 7, 0, 1, 2, 3 (stable ties)
+    assert acc == {"top1": pytest.approx(1 / 3), "top5": pytest.approx(2 / 3), "n": 3}
+    assert parity.accuracy(logits, [None] * 4) is None
+
+
+def test_evaluate_identical_and_disturbed_candidates():
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.normal(size=(6, 1000)), "embedding": rng.normal(size=(6, 768))}
+    flipped = {"logits": -ref["logits"], "embedding": ref["embedding"] * 2.0}  # cos -1 / +1
+    res = parity.evaluate(ref, {"same": {"outputs": ref, "backend": "x", "precision": "fp32"},
+                                "flipped": {"outputs": flipped, "backend": "y", "precision": "int8"}}, [None] * 6)
+    same, bad = res["candidates"]["same"]["metrics"], res["candidates"]["flipped"]["metrics"]
+    assert same["logits"]["cosine_min"] == pytest.approx(1.0) and same["logits"]["top1_agree"] == 1.0
+    assert bad["logits"]["cosine_mean"] == pytest.approx(-1.0) and bad["logits"]["top1_agree"] == 0.0
+    assert bad["embedding"]["cosine_min"] == pytest.approx(1.0) and bad["embedding"]["max_abs"] > 1.0
+    res["meta"] = {"model": "m", "weights": "random", "images": 6, "image_set": "t", "date": "d",
+                   "machine": {"cpu": "c"}}
+    md = parity.to_markdown(res)
+    assert "| flipped | y | -1.0000000 |" in md and "top-1 acc" not in md
+
+
+# --- labels and image sets ---------------------------------------------------------------------------
+def test_labels_from_csv_and_class_folders(tmp_path, photos):
+    import shutil
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("file,class_index\na.jpg,281\nb.png,3\n")
+    assert parity.read_labels(tmp_path, csv) == {"a.jpg": 281, "b.png": 3}
+    csv.write_text("a.jpg,tabby\n")
+    with pytest.raises(InputError, match="expected 'file,class_index'"):
+        parity.read_labels(tmp_path, csv)
+    root = tmp_path / "val"
+    (root / "n02123045").mkdir(parents=True)
+    (root / "7").mkdir()
+    shutil.copy(photos[1], root / "n02123045" / "cat.png")
+    shutil.copy(photos[0], root / "7" / "x.png")
+    assert parity.read_labels(root, None) == {"n02123045/cat.png": 281, "7/x.png": 7}
+    items = parity.image_set(root)
+    assert [(i["name"], i["label"]) for i in items] == [("7/x.png", 7), ("n02123045/cat.png", 281)]
+    (root / "cats").mkdir()
+    with pytest.raises(InputError, match="class folder 'cats'"):
+        parity.read_labels(root, None)
+
+
+def test_default_image_set_is_deterministic():
+    a, b = parity.image_set(synthetic=4), parity.image_set(synthetic=4)
+    assert [i["name"] for i in a] == [i["name"] for i in b] and all(x["data"] == y["data"] for x, y in zip(a, b))
+    assert sum(i["name"].startswith("synthetic") for i in a) == 4 and len(a) >= 12
+
+
+# --- both commands, end to end, on the small ViT --------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_artifacts(tmp_path_factory):
+    from conftest import SMALL_KWARGS
+    from export.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("bench_artifacts")
+    build(BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, precision="fp16"),
+          log=lambda m: None)
+    return out
+
+
+def test_parity_end_to_end(small_artifacts, tmp_path):
+    res = parity.run(small_artifacts, out=tmp_path, synthetic=4, progress=False)
+    assert set(res["candidates"]) == {"b16_384.onnx", "b16_384_fp16.onnx"}
+    fp32 = res["candidates"]["b16_384.onnx"]["metrics"]
+    assert fp32["embedding"]["cosine_min"] > 0.99999 and fp32["logits"]["top1_agree"] == 1.0
+    data = json.loads((tmp_path / "parity.json").read_text())
+    assert data["meta"]["images"] == len(data["meta"]["image_names"]) >= 12
+    assert (tmp_path / "parity.md").read_text().startswith("Parity vs PyTorch FP32")
+    assert (tmp_path / "parity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_end_to_end(small_artifacts, tmp_path):
+    res = bench.run(small_artifacts, quick=True, threads=2, batches=[1, 2], out=tmp_path, progress=False)
+    names = list(res["results"]["model"])
+    assert names[:3] == ["PyTorch eager FP32", "PyTorch bf16 autocast", "torch.compile FP32"]
+    assert any(n.startswith("b16_384_fp16.onnx (onnxruntime") for n in names)
+    for mode in ("model", "e2e"):
+        for name, per_batch in res["results"][mode].items():
+            assert set(per_batch) == {"1", "2"}
+            for r in per_batch.values():
+                assert r["iters"] >= 3 and r["img_s"] > 0 and r["p50"] <= r["p90"] <= r["p99"]
+    assert res["results"]["model"]["PyTorch eager FP32"]["1"]["vs_eager"] == pytest.approx(1.0)
+    assert res["config"]["threads"] == 2 and "cpu" in res["machine"] and "torch" in res["machine"]["packages"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "Model only" in md and "End to end" in md and "vs eager" in md
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reports_refuse_an_empty_folder(tmp_path):
+    from vitrt.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="no vitrt artifacts"):
+        parity.run(tmp_path, out=tmp_path, progress=False)
+    with pytest.raises(ArtifactError, match="no vitrt artifacts"):
+        bench.run(tmp_path, out=tmp_path, progress=False)
