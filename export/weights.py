@@ -52,7 +52,7 @@ def _from_hub(model_name: str, model_kwargs: dict | None):
     except Exception as exc:  # offline, DNS, HTTP 4xx/5xx, ...: huggingface_hub has many types
         raise BuildError(
             f"could not download the pretrained weights of {model_name!r} from the Hugging Face hub "
-            f"({repo}): {type(exc).__name__}: {exc}. Either pass a local checkpoint with "
+            f"({repo}): {type(exc).__name__}: {str(exc).rstrip('.')}. Either pass a local checkpoint with "
             "WEIGHTS=/path/to/model.safetensors (or .pth/.bin; CLI --weights PATH), or build with random "
             "weights for a smoke test with WEIGHTS=random (CLI --weights random)."
         ) from None
