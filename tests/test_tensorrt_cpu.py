@@ -45,6 +45,13 @@ def test_every_runtime_call_is_listed():
     assert used and used <= listed, f"not in trt_api.RUNTIME_API: {sorted(used - listed)}"
 
 
+def test_builder_enums_exist_in_tensorrt_lean():
+    """The builder's enums are shared with the runtime package, so they can be checked here too."""
+    trt = pytest.importorskip("tensorrt_lean")
+    assert hasattr(trt.BuilderFlag, "TF32") and hasattr(trt.MemoryPoolType, "WORKSPACE")
+    assert hasattr(trt.ITimingCache, "serialize")
+
+
 def test_builder_calls_are_listed():
     from vitrt.trt_api import BUILDER_API
 
