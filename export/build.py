@@ -177,7 +177,8 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
     if precisions:
         calib_dir = opts.calib_dir if (opts.calib_dir and str(opts.calib_dir).strip()) else "builtin"
         limit = opts.calib_max if quantized else opts.fp16_range_images
-        calib, calib_prov = load_calibration(calib_dir, ctx.data_config, limit=limit, log=log)
+        calib, calib_prov = load_calibration(calib_dir, ctx.data_config, limit=limit, log=log,
+                                             warn_small=bool(quantized))
     for precision in precisions:
         built[precision] = _build_variant(ctx, precision, calib, calib_prov, log)
     if opts.plan != "no":

@@ -45,14 +45,17 @@ def _progress(iterable, total: int, desc: str):
 
 
 def load_calibration(calib_dir: str | os.PathLike | None, data_config: dict = DEFAULT_DATA_CONFIG,
-                     limit: int | None = 512, log: Callable[[str], None] = print) -> tuple[np.ndarray, dict]:
-    """uint8 [N, H, W, 3] calibration batch and its provenance (count, source, hash of the list)."""
+                     limit: int | None = 512, log: Callable[[str], None] = print,
+                     warn_small: bool = True) -> tuple[np.ndarray, dict]:
+    """uint8 [N, H, W, 3] calibration batch and its provenance (count, source, hash of the list).
+
+    ``warn_small``: warn under 500 images (INT8/FP8 calibration; not FP16's range check)."""
     if calib_dir is None or str(calib_dir).strip() == "":
         raise BuildError("INT8 and FP8 need calibration images: pass CALIB_DIR=/path/to/images (a folder of "
                          f"JPEG/PNG files, {RECOMMENDED}+ recommended; CLI --calib-dir) or CALIB_DIR=builtin for "
                          "a small smoke-test set made from scikit-image's photos")
     if str(calib_dir) == BUILTIN:
-        return _builtin(data_config, log)
+        return _builtin(data_config, log if warn_small else None)
     folder = Path(calib_dir).expanduser()
     if not folder.is_dir():
         raise BuildError(f"CALIB_DIR {os.fspath(folder)!r} is not a folder; expected a folder of images or 'builtin'")
@@ -78,11 +81,12 @@ def load_calibration(calib_dir: str | os.PathLike | None, data_config: dict = DE
         digest.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
     prov = {"source": os.fspath(folder.resolve()), "count": len(images), "found": len(found),
             "skipped": len(skipped), "list_sha256": digest.hexdigest()}
-    _warn_small(len(images), log)
+    if warn_small:
+        _warn_small(len(images), log)
     return np.stack(images), prov
 
 
-def _builtin(data_config: dict, log: Callable[[str], None]) -> tuple[np.ndarray, dict]:
+def _builtin(data_config: dict, log: Callable[[str], None] | None) -> tuple[np.ndarray, dict]:
     """scikit-image's 16 photos (8 color, 8 grayscale) and their mirror images: 32 images."""
     from .images import builtin_photos
 
@@ -95,7 +99,8 @@ def _builtin(data_config: dict, log: Callable[[str], None]) -> tuple[np.ndarray,
     digest.update(b"+hflip")
     prov = {"source": BUILTIN, "count": len(images), "found": len(images), "skipped": 0,
             "list_sha256": digest.hexdigest(), "note": "scikit-image photos and their mirror images"}
-    _warn_small(len(images), log)
+    if log is not None:
+        _warn_small(len(images), log)
     return images, prov
 
 

@@ -277,3 +277,10 @@ def test_autocast_keeps_overflowing_nodes_in_fp32(tmp_path, photos):
     kept, _ = make_variant("fp16", src, meta, calib[:1], cprov, keep_fp32_ops=["Softmax"], log=lambda m: None)
     kt = _types(kept)
     assert all(kt[n.input[0]] == onnx.TensorProto.FLOAT for n in kept.graph.node if n.op_type == "Softmax")
+
+
+def test_fp16_only_build_does_not_warn_about_calibration_size(tmp_path):
+    logs: list[str] = []
+    build(_opts(tmp_path, precision="fp16"), log=logs.append)
+    assert not any("at least 500" in m for m in logs)  # FP16's range check is not INT8 calibration
+    assert Metadata.from_onnx(tmp_path / "m_fp16.onnx").data["calibration"]["used"] == 1
