@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -14,31 +13,23 @@ REPORTS = Path("reports")
 
 
 def find_artifacts(folder: Path, with_plans: bool | None = None) -> list[Path]:
-    """vitrt artifacts in ``folder``: every .onnx with vitrt metadata, and .plan files when a GPU is here."""
+    """vitrt artifacts in ``folder``: every .onnx with vitrt metadata, and .plan files (with their
+    sidecar) when a GPU is here; ONNX first, then plans, each by precision fp32, fp16, int8, fp8."""
     from vitrt.errors import VitrtError
     from vitrt.gpu import gpu_count
     from vitrt.metadata import Metadata
 
     if with_plans is None:
         with_plans = gpu_count() > 0
+    order = {"fp32": 0, "fp16": 1, "int8": 2, "fp8": 3}
     found = []
-    for p in sorted(Path(folder).glob("*.onnx")):
+    for p in sorted(Path(folder).glob("*.onnx")) + (sorted(Path(folder).glob("*.plan")) if with_plans else []):
         try:
-            Metadata.from_onnx(p)
-            found.append(p)
+            meta = Metadata.from_onnx(p) if p.suffix == ".onnx" else Metadata.from_json_file(p.with_name(p.name + ".json"))
         except VitrtError:
             continue
-    if with_plans:
-        found += [p for p in sorted(Path(folder).glob("*.plan")) if p.with_name(p.name + ".json").is_file()]
-    order = {"fp32": 0, "fp16": 1, "int8": 2, "fp8": 3}
-
-    def key(p: Path):
-        from vitrt.metadata import Metadata
-
-        meta = Metadata.from_onnx(p) if p.suffix == ".onnx" else Metadata.from_json_file(p.with_name(p.name + ".json"))
-        return (p.suffix == ".plan", order.get(meta.precision, 9), p.name)
-
-    return sorted(found, key=key)
+        found.append(((p.suffix == ".plan", order.get(meta.precision, 9), p.name), p))
+    return [p for _, p in sorted(found)]
 
 
 def reference_model(artifact: Path):
@@ -121,14 +112,3 @@ def percentiles(seconds: list[float] | np.ndarray) -> dict[str, float]:
     ms = 1e3 * np.asarray(seconds, dtype=np.float64)
     return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
 
-
-def json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def dumps(data: dict) -> str:
-    return json.dumps(data, indent=2, default=json_default)

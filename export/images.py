@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,3 @@ def synthetic_batch(n: int, size: tuple[int, int] = (384, 384), seed: int = 0) -
             out[i] = np.repeat(np.repeat(blocks, 32, 0), 32, 1)[:h, :w]
     return out
 
-
-def describe(paths: list[os.PathLike]) -> list[str]:
-    return [Path(p).name for p in paths]

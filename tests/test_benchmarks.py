@@ -4,7 +4,6 @@ quick end-to-end run of both on the small ViT."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -47,14 +47,6 @@ class OnnxRuntimeBackend(Backend):
         self.name = f"onnxruntime[{self.providers[0]}]"
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    @property
-    def input_names(self) -> list[str]:
-        return [i.name for i in self.session.get_inputs()]
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.session
         if session is None:
