@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vitrt.errors import BuildError, VitrtError
-from vitrt.metadata import Metadata
+from vitrt.metadata import Metadata, sha256_file
 
 from . import DEFAULT_MODEL
 from .precision import FP16_RANGE_IMAGES
@@ -179,8 +179,9 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
         limit = opts.calib_max if quantized else opts.fp16_range_images
         calib, calib_prov = load_calibration(calib_dir, ctx.data_config, limit=limit, log=log,
                                              warn_small=bool(quantized))
+    fp32_sha = sha256_file(fp32) if precisions else None  # hashed once: every variant records it
     for precision in precisions:
-        built[precision] = _build_variant(ctx, precision, calib, calib_prov, log)
+        built[precision] = _build_variant(ctx, precision, calib, calib_prov, fp32_sha, log)
     if opts.plan != "no":
         built.update(_build_plans(ctx, built, precisions or ["fp32"], log))
     return built
@@ -188,8 +189,6 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
 
 def _build_plans(ctx: _Context, built: dict[str, Path], precisions: list[str], log: Callable[[str], None]) -> dict:
     """TensorRT plans for the precisions asked; a plain message (not an error) without a GPU in auto mode."""
-    from vitrt.metadata import sha256_file
-
     from . import parity
     from .trt_build import build_plan, have_tensorrt, plan_path_for
 
@@ -246,12 +245,13 @@ def _build_plans(ctx: _Context, built: dict[str, Path], precisions: list[str], l
     return plans
 
 
-def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, log: Callable[[str], None]) -> Path:
+def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_sha: str,
+                   log: Callable[[str], None]) -> Path:
     import hashlib
 
     import onnx
 
-    from vitrt.metadata import FORMAT, sha256_file
+    from vitrt.metadata import FORMAT
 
     from . import parity
     from .atomic import atomic_path, write_json
@@ -261,7 +261,7 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, log: 
     path = opts.variant_path(precision)
     quantized = precision != "fp16"
     used = calib if quantized else calib[:opts.fp16_range_images]
-    wanted = {"format": FORMAT, "precision": precision, "source_sha256": sha256_file(opts.fp32_path),
+    wanted = {"format": FORMAT, "precision": precision, "source_sha256": fp32_sha,
               "calibration_sha256": hashlib.sha256(used.tobytes()).hexdigest(),
               "method": opts.calib_method if quantized else None,
               "keep_fp32_ops": None if quantized else sorted(opts.fp16_keep_fp32),

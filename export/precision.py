@@ -165,7 +165,8 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     meta["calibration"] = {**(calib_provenance or {}), "method": method if precision != "fp16" else None,
                            "used": int(len(calib)),
                            "use": "AutoCast FP16 range check" if precision == "fp16" else f"{precision} Q/DQ ranges"}
-    meta["source_onnx"] = {"file": fp32_path.name, "sha256": sha256_file(fp32_path)}
+    source_sha = (recipe or {}).get("source_sha256") or sha256_file(fp32_path)  # the caller has usually hashed it
+    meta["source_onnx"] = {"file": fp32_path.name, "sha256": source_sha}
     meta["onnx"] = {**metadata.get("onnx", {}), "opset": summary["opset"]}
     meta["recipe"] = recipe
     set_metadata(model, meta)
