@@ -1,5 +1,6 @@
 # vitrt: two commands do all set-up on a fresh machine.
-#   make engine   build artifacts/ (venv + export + precision variants + TensorRT plans on a GPU)
+#   make engine   build artifacts/ (venv + export + precision variants + TensorRT plans: full TensorRT
+#                 on a GPU machine, TensorRT-RTX plans for RTX GPUs elsewhere)
 #   make test     run the test suite
 PYTHON   ?= python3
 VENV     ?= .venv
@@ -10,11 +11,7 @@ ARTIFACTS ?= artifacts
 NAME     ?= b16_384
 PRECISION ?= fp16
 CALIB_DIR ?=
-CALIB_METHOD ?= max
 ALLOW_PARITY_FAILURE ?=
-MIN_BATCH ?= 1
-OPT_BATCH ?= 8
-MAX_BATCH ?= 32
 PLAN     ?= auto
 TRITON_REPO ?= triton
 IMAGES   ?=
@@ -23,6 +20,17 @@ QUICK    ?= 1
 BENCH_ARGS ?=
 EXPORT_ARGS ?=
 PYTEST_ARGS ?=
+# Knobs left empty take the build's defaults (export/defaults.py; `python -m export --help` shows them):
+#   TRT           TensorRT flavour: auto | tensorrt | tensorrt-rtx
+#   TARGETS       TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120 (fp8 plans keep sm89+)
+#   CALIB_METHOD  max | entropy
+#   PLAN_MIN_BATCH, PLAN_OPT_BATCH, PLAN_MAX_BATCH   the plans' optimization profile
+TRT      ?=
+TARGETS  ?=
+CALIB_METHOD ?=
+PLAN_MIN_BATCH ?=
+PLAN_OPT_BATCH ?=
+PLAN_MAX_BATCH ?=
 
 # On a machine where nvidia-smi works, `make engine` also installs TensorRT and the cuda-bindings
 # that match the driver's CUDA major version (cuda-bindings 13 cannot talk to a CUDA 12 driver).
@@ -47,8 +55,11 @@ $(VENV)/.tensorrt: $(VENV)/.installed
 
 engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
 	$(PY) -m export --weights '$(WEIGHTS)' --seed $(SEED) --output-dir '$(ARTIFACTS)' --name '$(NAME)' \
-	  --precision '$(PRECISION)' --calib-method '$(CALIB_METHOD)' --plan '$(PLAN)' \
-	  --min-batch $(MIN_BATCH) --opt-batch $(OPT_BATCH) --max-batch-plan $(MAX_BATCH) \
+	  --precision '$(PRECISION)' --plan '$(PLAN)' \
+	  $(if $(TRT),--trt '$(TRT)') $(if $(TARGETS),--targets '$(TARGETS)') \
+	  $(if $(CALIB_METHOD),--calib-method '$(CALIB_METHOD)') \
+	  $(if $(PLAN_MIN_BATCH),--min-batch $(PLAN_MIN_BATCH)) $(if $(PLAN_OPT_BATCH),--opt-batch $(PLAN_OPT_BATCH)) \
+	  $(if $(PLAN_MAX_BATCH),--max-batch-plan $(PLAN_MAX_BATCH)) \
 	  $(if $(CALIB_DIR),--calib-dir '$(CALIB_DIR)') $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(EXPORT_ARGS)
 
 # A Triton model repository for the plan (build it first with `make engine` on a GPU machine).

@@ -126,7 +126,7 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> 
     import timm.data
     import torch
 
-    from vitrt.gpu import gpu_count
+    from vitrt.cuda import gpu_count
 
     onnx = next(p for p in artifacts if p.suffix == ".onnx")
     model, meta = reference_model(onnx)

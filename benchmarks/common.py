@@ -15,9 +15,9 @@ REPORTS = Path("reports")
 def find_artifacts(folder: Path, with_plans: bool | None = None) -> list[Path]:
     """vitrt artifacts in ``folder``: every .onnx with vitrt metadata, and .plan files (with their
     sidecar) when a GPU is here; ONNX first, then plans, each by precision fp32, fp16, int8, fp8."""
+    from vitrt.artifacts import metadata_of
+    from vitrt.cuda import gpu_count
     from vitrt.errors import VitrtError
-    from vitrt.gpu import gpu_count
-    from vitrt.metadata import Metadata
 
     if with_plans is None:
         with_plans = gpu_count() > 0
@@ -25,7 +25,7 @@ def find_artifacts(folder: Path, with_plans: bool | None = None) -> list[Path]:
     found = []
     for p in sorted(Path(folder).glob("*.onnx")) + (sorted(Path(folder).glob("*.plan")) if with_plans else []):
         try:
-            meta = Metadata.from_onnx(p) if p.suffix == ".onnx" else Metadata.from_json_file(p.with_name(p.name + ".json"))
+            meta = metadata_of(p)
         except VitrtError:
             continue
         found.append(((p.suffix == ".plan", order.get(meta.precision, 9), p.name), p))
@@ -53,7 +53,7 @@ def reference_model(artifact: Path):
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                             "cpu": cpu_name(), "cores": os.cpu_count()}
-    from vitrt.gpu import gpu_count
+    from vitrt.cuda import gpu_count
 
     if gpu_count():
         from vitrt import cuda
@@ -94,7 +94,7 @@ def markdown_table(header: list[str], rows: list[list[Any]], align: str | None =
 
 def write_reports(stem: str, data: dict, markdown: str, figure=None, folder: Path = REPORTS) -> dict[str, Path]:
     """``<folder>/<stem>.json``, ``.md`` and ``.png``, each written atomically."""
-    from export.atomic import atomic_path, write_bytes, write_json
+    from vitrt.atomic import atomic_path, write_bytes, write_json
 
     folder = Path(folder)
     paths = {"json": folder / f"{stem}.json", "md": folder / f"{stem}.md"}

@@ -1,19 +1,27 @@
-"""The GPU check behind benchmarks/gpu_check.sh: one run, a summary, a non-zero exit on failure.
+"""The GPU check behind benchmarks/gpu_check.sh: one run, a summary, a JSON report, non-zero on failure.
+
+Made for a lent GPU machine as it is: its system python with torch, timm, onnx, cuda-python and CPU
+onnxruntime; no TensorRT and no network. TensorRT-RTX travels as wheels (benchmarks/gpu_payload.sh).
 
 Checks, each PASS / FAIL / SKIP (with the reason):
-  gpu          a CUDA device, its name, compute capability and driver
-  cuda         vitrt.cuda: pinned + device buffers, async copies (and their bandwidth), stream, CUDA graph
-  torch        PyTorch on the GPU (when installed): ViT-B/16-384 eager FP16 throughput, the baseline
-  plans        (TensorRT installed) small-ViT fp16/int8 plans and, with --full, ViT-B/16-384 fp16/int8
-               (+ fp8 on compute capability >= 8.9), each through its parity gate, and a short
-               throughput run per plan
-  pytest-gpu   the tests marked `gpu`
+  gpu       a CUDA device: name, compute capability, driver
+  cuda      vitrt.cuda: pinned + device buffers, async copies (and their bandwidth), stream, CUDA graph
+  rtx       a TensorRT-RTX plan of the small test ViT, built here for sm_89 (ahead of time, as on a CPU):
+            on a GPU outside its targets, TensorRT-RTX's get_engine_validity must say UNSUPPORTED_CC
+            and vitrt.Engine must refuse it with an ArtifactError naming the GPU, the targets and the
+            fix (an H100/H200 is sm_90, which TensorRT-RTX does not support); on a supported RTX GPU,
+            the plan must pass `vitrt verify`
+  torch     ViT-B/16-384 (random init) throughput in PyTorch at batch 1/8/32/64: FP32 eager, FP16
+            eager, FP16 torch.compile and FP16 replayed as a CUDA graph, beside each other
+  pytest    the tests marked `gpu`
+Writes reports/gpu/<gpu>.json (--out-dir). Finishes in under 8 minutes on an H100 (--budget-s).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS: list[dict] = []
+BATCHES = (1, 8, 32, 64)
 
 
 def record(name: str, status: str, detail: str = "", **data) -> None:
@@ -44,9 +53,8 @@ def check(name):
 @check("gpu")
 def check_gpu() -> dict | None:
     from vitrt import cuda
-    from vitrt.gpu import gpu_count
 
-    n = gpu_count()
+    n = cuda.gpu_count()
     if n == 0:
         record("gpu", "FAIL", "cudaGetDeviceCount reports no GPU")
         return None
@@ -87,8 +95,104 @@ def check_cuda() -> None:
                            "stream sync, graph capture + replay", h2d_gbps=h2d, d2h_gbps=d2h)
 
 
+def rtx_verdict(trt, validity, bits: int, gpu: dict) -> tuple[str, str]:
+    """What TensorRT-RTX's answer for a plan built for sm_89 means on ``gpu``: (status, detail)."""
+    reasons = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(bits) & int(v)]
+    supported = "SM" + gpu.get("compute_capability", "0.0").replace(".", "") in trt.ComputeCapability.__members__
+    if validity != trt.EngineValidity.INVALID:
+        if gpu.get("compute_capability") == "8.9":
+            return "PASS", f"plan valid on {gpu['name']} (its target)"
+        return "FAIL", f"get_engine_validity says {validity} for an sm_89 plan on {gpu.get('name')}; expected INVALID"
+    if not supported and "UNSUPPORTED_CC" in reasons:
+        return "PASS", f"refused as expected: INVALID, {', '.join(reasons)} on {gpu['name']} (sm {gpu['compute_capability']})"
+    return "FAIL", (f"INVALID with reasons {reasons or 'none'} on {gpu.get('name', 'no GPU')}; expected UNSUPPORTED_CC "
+                    "(TensorRT-RTX has no target for this GPU)" if not supported else
+                    f"INVALID with reasons {reasons}: this RTX GPU should run a plan rebuilt for it")
+
+
+@check("rtx")
+def check_rtx(work: Path, gpu: dict) -> None:
+    try:
+        import tensorrt_rtx as trt
+    except ImportError:
+        record("rtx", "SKIP", "tensorrt_rtx is not installed here (benchmarks/gpu_payload.sh carries its wheels)")
+        return
+    import vitrt
+    from export.build import BuildOptions, build
+    from vitrt.errors import ArtifactError
+
+    t0 = time.perf_counter()
+    built = build(BuildOptions(weights="random", model_kwargs={"depth": 2, "embed_dim": 64, "num_heads": 2},
+                               output_dir=work, name="small", precision="fp32", plan="yes", trt="tensorrt-rtx",
+                               targets="sm89", force=True), log=lambda m: None)
+    plan = built["plan_fp32"]
+    data = plan.read_bytes()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    validity, bits = runtime.get_engine_validity(data[: runtime.engine_header_size])
+    status, detail = rtx_verdict(trt, validity, bits, gpu)
+    message = None
+    if gpu.get("compute_capability") != "8.9":
+        try:
+            vitrt.Engine(plan).close()
+            status, detail = "FAIL", detail + "; but vitrt.Engine opened the plan"
+        except ArtifactError as exc:
+            message = str(exc)
+            wanted = [gpu["name"], "sm_89", "make engine TRT=tensorrt" if gpu["compute_capability"] == "9.0" else "TARGETS="]
+            missing = [w for w in wanted if w not in message]
+            if missing:
+                status, detail = "FAIL", detail + f"; vitrt's error lacks {missing}: {message}"
+            else:
+                detail += "; vitrt.Engine refuses it naming the GPU, the targets and the fix"
+    else:
+        with vitrt.Engine(plan) as engine:
+            report = engine.verify()
+        status = "PASS" if report["passed"] else "FAIL"
+        detail += f"; vitrt verify {'passed' if report['passed'] else 'FAILED'}"
+    record("rtx", status, detail + f" ({time.perf_counter() - t0:.0f} s, TensorRT-RTX {trt.__version__})",
+           validity=str(validity), diagnostics=int(bits), engine_error=message, plan_bytes=len(data))
+
+
+def throughput(fn, x, iters: int, warmup: int = 3) -> dict:
+    """Mean latency (CUDA events) and images/s of ``fn(x)`` on the current stream."""
+    import torch
+
+    for _ in range(warmup):
+        fn(x)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn(x)
+    end.record()
+    end.synchronize()
+    ms = start.elapsed_time(end) / iters
+    return {"ms": round(ms, 3), "img_s": round(len(x) * 1000 / ms, 1)}
+
+
+def cuda_graph_fn(model, x):
+    """``model`` on a static input, captured once as a CUDA graph; the returned fn replays it."""
+    import torch
+
+    static = x.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model(static)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = model(static)
+
+    def replay(inp):
+        static.copy_(inp)
+        graph.replay()
+        return out
+    return replay
+
+
 @check("torch")
-def check_torch() -> None:
+def check_torch(deadline: float, batches=BATCHES) -> None:
     try:
         import timm
         import torch
@@ -98,104 +202,77 @@ def check_torch() -> None:
     if not torch.cuda.is_available():
         record("torch", "FAIL", "torch.cuda.is_available() is False on a GPU machine")
         return
+    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32 here, as in vitrt's plans
+    torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = timm.create_model("vit_base_patch16_384", pretrained=False).cuda().eval().half()
-    rows = {}
+    fp32 = timm.create_model("vit_base_patch16_384", pretrained=False).cuda().eval()
+    fp16 = timm.create_model("vit_base_patch16_384", pretrained=False).cuda().eval().half()
+    compiled = torch.compile(fp16)
+    rows: dict[str, dict] = {}
     with torch.inference_mode():
-        for bs in (1, 8, 32):
-            x = torch.randn(bs, 3, 384, 384, device="cuda", dtype=torch.half)
-            for _ in range(3):
-                model(x)
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            iters = 20
-            for _ in range(iters):
-                model(x)
-            end.record()
-            end.synchronize()
-            ms = start.elapsed_time(end) / iters
-            rows[bs] = {"ms": ms, "img_s": bs * 1000 / ms}
-    record("torch", "PASS", "ViT-B/16-384 eager FP16: " + ", ".join(f"b{b} {r['img_s']:.0f} img/s" for b, r in rows.items()),
-           eager_fp16=rows)
-
-
-def _throughput(plan: Path, batches=(1, 8, 32), seconds: float = 2.0) -> dict:
-    import vitrt
-
-    out = {}
-    with vitrt.Engine(plan) as e:
         for bs in batches:
-            if bs > e.metadata.max_batch:
-                continue
-            x = np.random.default_rng(0).integers(0, 256, (bs, *e.metadata.item_shape), dtype=np.uint8)
-            for _ in range(3):
-                e.infer(x)
-            lat, t_end = [], time.perf_counter() + seconds
-            while time.perf_counter() < t_end:
-                t0 = time.perf_counter()
-                e.infer(x)
-                lat.append(time.perf_counter() - t0)
-            lat_ms = 1e3 * np.array(lat)
-            out[bs] = {"p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)),
-                       "img_s": float(bs * len(lat) / lat_ms.sum() * 1e3)}
-    return out
+            if time.time() > deadline:
+                record("torch", "SKIP", f"time budget reached before batch {bs}")
+                break
+            iters = max(5, 200 // bs)
+            x32 = torch.randn(bs, 3, 384, 384, device="cuda")
+            x16 = x32.half()
+            row = {"fp32_eager": throughput(fp32, x32, iters), "fp16_eager": throughput(fp16, x16, iters)}
+            t0 = time.perf_counter()
+            row["fp16_compile"] = throughput(compiled, x16, iters)
+            row["fp16_compile"]["first_call_s"] = round(time.perf_counter() - t0, 1)
+            row["fp16_cuda_graph"] = throughput(cuda_graph_fn(fp16, x16), x16, iters)
+            base = row["fp32_eager"]["img_s"]
+            for r in row.values():
+                r["vs_fp32_eager"] = round(r["img_s"] / base, 2)
+            rows[str(bs)] = row
+            print("  batch %3d: " % bs + ", ".join(f"{k} {v['img_s']:.0f} img/s" for k, v in row.items()), flush=True)
+    record("torch", "PASS", "ViT-B/16-384 img/s (fp32 eager / fp16 eager / fp16 compile / fp16 graph): " + "; ".join(
+        f"b{b} " + " / ".join(f"{r[k]['img_s']:.0f}" for k in r) for b, r in rows.items()), throughput=rows,
+           tf32=False, torch=torch.__version__)
 
 
-@check("plans")
-def check_plans(full: bool, props: dict | None) -> None:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        record("plans", "SKIP", "TensorRT is not installed here (make engine installs it where nvidia-smi works)")
-        return
-    from export.build import BuildOptions, build
-
-    work = Path("reports/gpu_check")
-    small = {"depth": 2, "embed_dim": 64, "num_heads": 2}
-    gate = [f"{p}.photos.{o}.{m}={v}" for p in ("int8", "fp8") for o in ("logits", "embedding")
-            for m, v in (("cosine_min", 0.95), ("cosine_mean", 0.97))]  # toy ViT: see tests/test_precision.py
-    cc = tuple(int(x) for x in (props or {}).get("compute_capability", "0.0").split("."))
-    precisions = "fp16,int8" + (",fp8" if cc >= (8, 9) else "")
-    t0 = time.perf_counter()
-    built = build(BuildOptions(weights="random", model_kwargs=small, output_dir=work / "small", name="small",
-                               precision=precisions, calib_dir="builtin", plan="yes", gate=gate))
-    record("plans", "PASS", f"small ViT {precisions} plans built, each passed its parity gate "
-                            f"({time.perf_counter() - t0:.0f} s), TensorRT {trt.__version__}")
-    if not full:
-        return
-    built = build(BuildOptions(weights="random", output_dir=work / "full", precision=precisions, calib_dir="builtin",
-                               plan="yes"))
-    for key, plan in built.items():
-        if key.startswith("plan_"):
-            tp = _throughput(plan)
-            record(f"plans/{plan.name}", "PASS", "parity gate held; " + ", ".join(
-                f"b{b} {r['img_s']:.0f} img/s p50 {r['p50_ms']:.2f} ms" for b, r in tp.items()), throughput=tp)
-
-
-@check("pytest-gpu")
+@check("pytest")
 def check_pytest() -> None:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
+                          capture_output=True, text=True)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
-    record("pytest-gpu", "PASS" if proc.returncode == 0 else "FAIL", tail)
+    record("pytest", "PASS" if proc.returncode == 0 else "FAIL", tail)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "gpu"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="also build and time the full ViT-B/16-384 plans (default: off)")
-    p.add_argument("--out", type=Path, default=Path("reports/gpu_check.json"), help="JSON summary (default: %(default)s)")
+    p.add_argument("--out-dir", type=Path, default=Path("reports/gpu"),
+                   help="where <gpu>.json goes (default: %(default)s)")
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="stop starting new batch sizes after this many seconds (default: %(default)s)")
+    p.add_argument("--skip", default="", help="comma-separated checks to skip, e.g. pytest (default: none)")
     args = p.parse_args(argv)
+    deadline = time.time() + args.budget_s
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    t0 = time.perf_counter()
     props = check_gpu()
     if props is not None:
-        check_cuda()
-        check_torch()
-        check_plans(args.full, props)
-        check_pytest()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"results": RESULTS, "date": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+        if "cuda" not in skip:
+            check_cuda()
+        if "rtx" not in skip:
+            check_rtx(args.out_dir / "rtx_work", props)
+        if "torch" not in skip:
+            check_torch(deadline)
+        if "pytest" not in skip:
+            check_pytest()
+    out = args.out_dir / f"{slug((props or {}).get('name', 'no-gpu'))}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"gpu": props, "results": RESULTS, "seconds": round(time.perf_counter() - t0, 1),
+                               "date": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2, default=str))
     failed = [r["check"] for r in RESULTS if r["status"] == "FAIL"]
     print(f"\nsummary: {sum(r['status'] == 'PASS' for r in RESULTS)} passed, {len(failed)} failed, "
-          f"{sum(r['status'] == 'SKIP' for r in RESULTS)} skipped" + (f" (failed: {', '.join(failed)})" if failed else ""))
+          f"{sum(r['status'] == 'SKIP' for r in RESULTS)} skipped in {time.perf_counter() - t0:.0f} s"
+          + (f" (failed: {', '.join(failed)})" if failed else "") + f"; report: {out}")
     return 1 if failed else 0
 
 

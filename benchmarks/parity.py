@@ -157,7 +157,7 @@ def accuracy(logits: np.ndarray, labels: list[int | None]) -> dict[str, float] |
 
 
 def evaluate(reference: dict, candidates: dict[str, dict], labels: list[int | None]) -> dict:
-    from export.metrics import compare
+    from vitrt.metrics import compare
 
     rows = {}
     for name, cand in candidates.items():

@@ -4,4 +4,4 @@ Imports torch, timm, onnx and ModelOpt, inside the functions that need them. The
 never imports this package.
 """
 
-DEFAULT_MODEL = "vit_base_patch16_384.augreg_in21k_ft_in1k"
+from .defaults import MODEL as DEFAULT_MODEL  # noqa: E402,F401

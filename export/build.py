@@ -1,40 +1,46 @@
-"""The build pipeline behind ``make engine``: weights -> fp32 ONNX -> precision variants.
+"""The build pipeline behind ``make engine``: weights -> fp32 ONNX -> precision variants -> plans.
 
-Builds only what was asked, reuses artifacts that are up to date (same model, weights, options and
-calibration set), and publishes each artifact only after it passed its parity gate.
+Builds only what was asked and reuses what is up to date: every artifact stores its recipe (the
+inputs that made it) and is reused only when the recipe matches and its parity report is beside it
+(export/publish.py). Every artifact is published after its parity gate, by one function. The parity
+set's inputs and PyTorch FP32 outputs are written beside the artifacts (``NAME.reference.npz``) so
+that ``vitrt verify`` can apply the same gate where an artifact serves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
+from vitrt import artifacts
 from vitrt.errors import BuildError, VitrtError
 from vitrt.metadata import Metadata, sha256_file
 
-from . import DEFAULT_MODEL
+from . import defaults as D
 from .precision import FP16_RANGE_IMAGES
+from .publish import publish, up_to_date
 
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "fp8", "all")
 
 
 @dataclasses.dataclass
 class BuildOptions:
-    model: str = DEFAULT_MODEL
+    model: str = D.MODEL
     weights: str = "hub"
     seed: int = 0
     model_kwargs: dict | None = None
-    output_dir: Path = Path("artifacts")
-    name: str = "b16_384"
+    output_dir: Path = Path(D.OUTPUT_DIR)
+    name: str = D.NAME
     input_format: str = "uint8"
     tokens: bool = False
-    opset: int = 18
-    max_batch: int = 32
-    precision: str = "fp16"
+    opset: int = D.OPSET
+    max_batch: int = D.MAX_BATCH_ONNX
+    precision: str = D.PRECISION
     calib_dir: str | None = None
-    calib_method: str = "max"
-    calib_max: int = 512
+    calib_method: str = D.CALIB_METHOD
+    calib_max: int = D.CALIB_MAX
     fp16_keep_fp32: list[str] = dataclasses.field(default_factory=list)
     fp16_range_images: int = FP16_RANGE_IMAGES
     calibration_eps: list[str] = dataclasses.field(default_factory=lambda: ["cpu"])
@@ -42,13 +48,15 @@ class BuildOptions:
     quantize_attention: bool = False
     allow_parity_failure: bool = False
     gate: list[str] = dataclasses.field(default_factory=list)  # PRECISION.SUBSET.OUTPUT.METRIC=VALUE
-    plan: str = "auto"  # auto: build TensorRT plans where a GPU and TensorRT are present; yes; no
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch_plan: int = 32
-    workspace_gib: float = 4.0
-    opt_level: int = 3
-    timing_cache: Path | None = None  # default: <output_dir>/timing.cache
+    plan: str = "auto"  # auto: build TensorRT plans where a flavour can; yes: fail where none can; no
+    trt: str = D.TRT_FLAVOUR  # auto, tensorrt or tensorrt-rtx
+    targets: str | None = None  # TensorRT-RTX compute capabilities (default: defaults.RTX_TARGETS)
+    min_batch: int = D.MIN_BATCH
+    opt_batch: int = D.OPT_BATCH
+    max_batch_plan: int = D.MAX_BATCH_PLAN
+    workspace_gib: float = D.WORKSPACE_GIB
+    opt_level: int = D.OPT_LEVEL
+    timing_cache: Path | None = None  # default: <output_dir>/timing.cache (full TensorRT only)
     device: int = 0
     force: bool = False
     verify: bool = True
@@ -60,10 +68,14 @@ class BuildOptions:
 
     @property
     def fp32_path(self) -> Path:
-        return Path(self.output_dir) / f"{self.name}.onnx"
+        return artifacts.onnx_path(self.output_dir, self.name, "fp32")
 
     def variant_path(self, precision: str) -> Path:
-        return self.fp32_path if precision == "fp32" else Path(self.output_dir) / f"{self.name}_{precision}.onnx"
+        return artifacts.onnx_path(self.output_dir, self.name, precision)
+
+    @property
+    def reference_path(self) -> Path:
+        return artifacts.reference_path(self.output_dir, self.name)
 
     @property
     def precisions(self) -> list[str]:
@@ -78,33 +90,8 @@ class BuildOptions:
         return [p for p in ("fp16", "int8", "fp8") if p in asked]
 
 
-def recipe(meta: dict) -> dict[str, Any]:
-    """What decides the fp32 artifact's content: equal recipes mean it can be reused. (Variants store
-    their recipe in their metadata, see _build_variant.)"""
-    w = meta["weights"]
-    return {
-        "format": meta["format"], "model": meta["model"]["name"], "kwargs": meta["model"].get("kwargs") or {},
-        "weights": (w.get("source"), w.get("sha256"), w.get("seed")),
-        "input": (meta["input"]["dtype"], meta["input"]["layout"]), "outputs": sorted(meta["outputs"]),
-        "max_batch": meta["batch"]["max"], "precision": meta["precision"], "opset": meta["onnx"]["opset"],
-    }
-
-
-def _existing(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return Metadata.from_onnx(path).data
-    except VitrtError:
-        return None
-
-
-def _current(path: Path, wanted: dict) -> bool:
-    meta = _existing(path)
-    try:
-        return meta is not None and recipe(meta) == recipe(wanted)
-    except (KeyError, TypeError):
-        return False
+def _onnx_recipe(path: Path) -> dict | None:
+    return Metadata.from_onnx(path).data.get("recipe")
 
 
 class _Context:
@@ -114,7 +101,7 @@ class _Context:
         import timm.data
 
         from .graph import ImageModel
-        from .onnx_export import build_metadata
+        from .onnx_export import build_metadata, recipe
         from .weights import load_model
 
         self.opts, self.log = opts, log
@@ -128,6 +115,7 @@ class _Context:
         self.fp32_meta = build_metadata(self.model, self.data_config, self.provenance, model_name=opts.model,
                                         model_kwargs=opts.model_kwargs, input_format=opts.input_format,
                                         tokens=opts.tokens, opset=opts.opset, max_batch=opts.max_batch)
+        self.fp32_recipe = recipe(self.fp32_meta)
         self._reference: tuple[dict, dict] | None = None
 
     @property
@@ -136,42 +124,85 @@ class _Context:
 
     def gate(self, precision: str) -> dict:
         """The parity thresholds for ``precision``: the stated ones, with any --gate overrides."""
-        from . import parity
+        from . import gate
 
-        return parity.apply_overrides(parity.thresholds_for(precision, self.random_weights), precision,
-                                      parity.parse_gate_overrides(self.opts.gate))
+        return gate.apply_overrides(gate.thresholds_for(precision, self.random_weights), precision,
+                                    gate.parse_gate_overrides(self.opts.gate))
 
     def reference(self) -> tuple[dict, dict]:
+        """(inputs, PyTorch outputs) of the parity set; read from NAME.reference.npz when that file
+        was made for this fp32 recipe, else computed and written there."""
         if self._reference is None:
-            from . import parity
+            from vitrt.verify import load_reference, save_reference
 
-            images = parity.image_set(size=self.size)
-            self._reference = (images, parity.reference_outputs(self.wrapper, self.data_config, images))
+            from . import gate
+
+            path = self.opts.reference_path
+            try:
+                inputs, outputs, info = load_reference(path)
+                if info.get("recipe") == self.fp32_recipe:
+                    self._reference = (inputs, outputs)
+                    return self._reference
+            except VitrtError:
+                pass
+            inputs, outputs = gate.reference_outputs(self.wrapper, self.data_config, gate.image_set(size=self.size))
+            save_reference(path, inputs, outputs, {
+                "recipe": self.fp32_recipe, "weights": self.provenance, "model": self.opts.model,
+                "photos": [p.name for p in gate.image_set(size=self.size)["photos"]],
+                "synthetic": "export.images.synthetic_batch(12, seed 0): noise, gradients, blocks",
+                "reference": "PyTorch FP32; photos through timm's eval transform"})
+            self._reference = (inputs, outputs)
         return self._reference
+
+    def check(self, precision: str, artifact_name: str, backend: str, **info: Any) -> Callable[[Path], dict]:
+        """The gate for one candidate, as a ``check(tmp_path) -> report`` for :func:`publish`."""
+        from . import gate
+
+        def run(tmp: Path) -> dict:
+            inputs, outputs = self.reference()
+            candidate = gate.candidate_outputs(tmp, inputs)
+            report = gate.parity_report(outputs, candidate, self.gate(precision), artifact=artifact_name,
+                                        precision=precision, backend=backend, random_weights=self.random_weights,
+                                        images={s: int(len(x)) for s, x in inputs.items()},
+                                        batch_sizes=list(gate.BATCH_SIZES), **info,
+                                        note=("top-1/top-5 agreement reported, not gated: random weights"
+                                              if self.random_weights else None))
+            self.log(gate.format_report(report))
+            return report
+        return run
 
 
 def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Build what ``opts`` asks for; returns the artifact paths by precision."""
+    """Build what ``opts`` asks for; returns the artifact paths by precision (plans as plan_<precision>)."""
+    from vitrt.atomic import remove_stale_temp_files
+
+    from . import gate
     from .calibration import load_calibration
     from .onnx_export import export_onnx
 
     precisions = opts.precisions
-    from . import parity
-
-    parity.parse_gate_overrides(opts.gate)  # a typo fails now, not after the export
+    gate.parse_gate_overrides(opts.gate)  # a typo fails now, not after the export
     quantized = [p for p in precisions if p in ("int8", "fp8")]
     if quantized and not (opts.calib_dir and str(opts.calib_dir).strip()):
         load_calibration(None)  # raises the error that says what to pass, before any heavy work
+    if opts.plan not in ("auto", "yes", "no"):
+        raise BuildError(f"PLAN={opts.plan!r}; expected auto, yes or no")
+    Path(opts.output_dir).mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temp_files(opts.output_dir):
+        log(f"removed {stale.name}, left by an interrupted build")
     ctx = _Context(opts, log)
     fp32 = opts.fp32_path
-    if not opts.force and _current(fp32, ctx.fp32_meta):
+    ref_meta = {"reference": {"file": opts.reference_path.name}}
+    if not opts.force and up_to_date(fp32, ctx.fp32_recipe, _onnx_recipe):
         log(f"{fp32} is up to date (same model, weights and graph options); reusing it")
     else:
-        images, reference = ctx.reference() if opts.verify else (None, None)
         export_onnx(ctx.model, fp32, model_name=opts.model, provenance=ctx.provenance, model_kwargs=opts.model_kwargs,
                     input_format=opts.input_format, tokens=opts.tokens, opset=opts.opset, max_batch=opts.max_batch,
-                    verify=opts.verify, images=images, reference=reference, log=log)
+                    verify=opts.verify, reference=ctx.reference() if opts.verify else None,
+                    extra_metadata=ref_meta, log=log)
         log(f"wrote {fp32}")
+    if opts.verify:
+        ctx.reference()  # NAME.reference.npz exists after every build, also when everything was reused
     built = {"fp32": fp32}
     calib = calib_prov = None
     if precisions:
@@ -181,80 +212,19 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
                                              warn_small=bool(quantized))
     fp32_sha = sha256_file(fp32) if precisions else None  # hashed once: every variant records it
     for precision in precisions:
-        built[precision] = _build_variant(ctx, precision, calib, calib_prov, fp32_sha, log)
+        built[precision] = _build_variant(ctx, precision, calib, calib_prov, fp32_sha, ref_meta, log)
     if opts.plan != "no":
         built.update(_build_plans(ctx, built, precisions or ["fp32"], log))
     return built
 
 
-def _build_plans(ctx: _Context, built: dict[str, Path], precisions: list[str], log: Callable[[str], None]) -> dict:
-    """TensorRT plans for the precisions asked; a plain message (not an error) without a GPU in auto mode."""
-    from . import parity
-    from .trt_build import build_plan, have_tensorrt, plan_path_for
-
-    opts = ctx.opts
-    reason = have_tensorrt()
-    if reason is not None:
-        if opts.plan == "yes":
-            raise BuildError(f"cannot build TensorRT plans here: {reason}")
-        log(f"TensorRT plans need an NVIDIA GPU with TensorRT: {reason}. Built the ONNX artifacts only; "
-            "run `make engine` on a GPU machine for the .plan files.")
-        return {}
-    import tensorrt as trt
-
-    from vitrt import cuda
-
-    cc = cuda.device_properties(opts.device)["compute_capability"]
-    plans = {}
-    for precision in precisions:
-        onnx_path = built[precision]
-        plan = plan_path_for(onnx_path, precision)
-        sidecar = plan.with_name(plan.name + ".json")
-        profile = {"min": opts.min_batch, "opt": opts.opt_batch, "max": opts.max_batch_plan, "dynamic": True}
-        if not opts.force and plan.is_file() and sidecar.is_file():
-            try:
-                info = Metadata.from_json_file(sidecar).data
-                p = info.get("plan", {})
-                if (p.get("source_onnx", {}).get("sha256") == sha256_file(onnx_path) and p.get("tensorrt") == trt.__version__
-                        and p.get("compute_capability") == cc and info.get("batch") == profile
-                        and p.get("sha256") == sha256_file(plan)):
-                    log(f"{plan} is up to date (same ONNX, TensorRT, GPU and batch profile); reusing it")
-                    plans[f"plan_{precision}"] = plan
-                    continue
-            except VitrtError:
-                pass
-        images, reference = ctx.reference()
-
-        def verify(tmp_plan: Path, precision=precision, plan=plan) -> None:
-            candidate = parity.candidate_outputs(tmp_plan, images)
-            report = parity.parity_report(reference, candidate, ctx.gate(precision),
-                                          artifact=plan.name, precision=precision, backend="tensorrt",
-                                          random_weights=ctx.random_weights)
-            log(parity.format_report(report))
-            from .atomic import write_json
-
-            if not report["passed"] and not opts.allow_parity_failure:
-                write_json(plan.with_name(plan.name + ".parity-failed.json"), report)
-                raise BuildError(f"the TensorRT plan {plan.name} failed the parity gate; not published")
-            write_json(plan.with_name(plan.name + ".parity.json"), report)
-
-        build_plan(onnx_path, plan, device=opts.device, min_batch=opts.min_batch, opt_batch=opts.opt_batch,
-                   max_batch=opts.max_batch_plan, workspace_gib=opts.workspace_gib, opt_level=opts.opt_level,
-                   timing_cache=opts.timing_cache or Path(opts.output_dir) / "timing.cache", verify=verify, log=log)
-        plans[f"plan_{precision}"] = plan
-    return plans
-
-
-def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_sha: str,
+def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_sha: str, ref_meta: dict,
                    log: Callable[[str], None]) -> Path:
-    import hashlib
-
     import onnx
 
     from vitrt.metadata import FORMAT
 
-    from . import parity
-    from .atomic import atomic_path, write_json
+    from .onnx_export import set_metadata
     from .precision import make_variant
 
     opts = ctx.opts
@@ -268,36 +238,97 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
               "calibration_eps": list(opts.calibration_eps) if quantized else None,
               "op_types": opts.quantize_op_types if quantized else None,
               "quantize_attention": opts.quantize_attention if quantized else None}
-    existing = _existing(path)
-    if not opts.force and existing is not None and existing.get("recipe") == wanted:
+    if not opts.force and up_to_date(path, wanted, _onnx_recipe):
         log(f"{path} is up to date (same fp32 source, options and calibration images); reusing it")
         return path
     log(f"making {precision} from {opts.fp32_path.name} ...")
     model, meta = make_variant(precision, opts.fp32_path, Metadata.from_onnx(opts.fp32_path).data, used, calib_prov,
                                method=opts.calib_method, keep_fp32_ops=opts.fp16_keep_fp32,
                                op_types=opts.quantize_op_types, quantize_attention=opts.quantize_attention,
-                               eps=opts.calibration_eps, recipe=wanted, log=log)
-    images, reference = ctx.reference()
-    gate = ctx.gate(precision)
-    with atomic_path(path) as tmp:
+                               eps=opts.calibration_eps, recipe=wanted, workdir=opts.output_dir, log=log)
+    meta.update(ref_meta)
+    meta["gate"] = ctx.gate(precision)
+    set_metadata(model, meta)
+
+    def write(tmp: Path) -> None:
+        nonlocal model
         onnx.save(model, str(tmp))
-        del model
-        candidate = parity.candidate_outputs(tmp, images)
-        report = parity.parity_report(reference, candidate, gate, artifact=path.name, precision=precision,
-                                      photos=[p.name for p in images["photos"]], synthetic=len(images["synthetic"]),
-                                      batch_sizes=list(parity.BATCH_SIZES), random_weights=ctx.random_weights,
-                                      calibration=meta["calibration"],
-                                      note=("top-1/top-5 agreement reported, not gated: random weights"
-                                            if ctx.random_weights else None))
-        log(parity.format_report(report))
-        if not report["passed"]:
-            if not opts.allow_parity_failure:
-                write_json(path.with_name(path.name + ".parity-failed.json"), report)
-                raise BuildError(f"the {precision} variant failed the parity gate (see the FAIL lines above; report in "
-                                 f"{path.name}.parity-failed.json). Calibrate on more or better images, or pass "
-                                 "--allow-parity-failure (ALLOW_PARITY_FAILURE=1) to publish it anyway.")
-            report["overridden"] = True
-            log(f"WARNING: publishing {path.name} although it failed the parity gate (--allow-parity-failure)")
-    write_json(path.with_name(path.name + ".parity.json"), report)
+        model = None
+
+    check = ctx.check(precision, path.name, "onnxruntime[CPUExecutionProvider]", calibration=meta["calibration"])
+    publish(path, write, check if opts.verify else None, allow_failure=opts.allow_parity_failure, log=log,
+            failure_hint="Calibrate on more or better images, or pass --allow-parity-failure "
+                         "(ALLOW_PARITY_FAILURE=1) to publish it anyway.")
     log(f"wrote {path}")
     return path
+
+
+def _build_plans(ctx: _Context, built: dict[str, Path], precisions: list[str], log: Callable[[str], None]) -> dict:
+    """TensorRT plans for the precisions asked, with the flavour that can build here."""
+    from vitrt.cuda import device_properties, gpu_count
+
+    from . import trt_build
+
+    opts = ctx.opts
+    flavour, why = trt_build.choose(opts.trt)
+    if flavour is None:
+        if opts.plan == "yes":
+            raise BuildError(f"cannot build TensorRT plans here: {why}")
+        log(f"No TensorRT flavour can build plans here ({why}). Built the ONNX artifacts only.")
+        return {}
+    log(f"TensorRT plans: {why}")
+    targets = trt_build.parse_targets(opts.targets) if flavour.targets else None
+    here = device_properties(opts.device)["compute_capability"] if gpu_count() > opts.device else None
+    plans = {}
+    for precision in precisions:
+        onnx_path = built[precision]
+        plan = artifacts.plan_path(opts.output_dir, opts.name, precision)
+        plan_targets = None
+        if flavour.targets:
+            plan_targets = trt_build.targets_for(precision, targets)
+            if not plan_targets:
+                log(f"skipping {plan.name}: {precision} needs sm_89 or newer and TARGETS has none "
+                    f"({', '.join(targets)})")
+                continue
+            runs_here = here is not None and here in plan_targets
+        else:
+            runs_here = True  # full TensorRT builds on the GPU it targets
+        profile = {"min": opts.min_batch, "opt": opts.opt_batch, "max": opts.max_batch_plan}
+        wanted = {"source_sha256": sha256_file(onnx_path), "flavour": flavour.name, "tensorrt": flavour.version,
+                  "targets": plan_targets or [here], "batch": profile, "workspace_gib": opts.workspace_gib,
+                  "opt_level": opts.opt_level, "verified_here": runs_here and opts.verify}
+
+        def plan_recipe(p: Path) -> dict | None:
+            info = Metadata.from_json_file(artifacts.sidecar_path(p)).data
+            return info["recipe"] if info["plan"]["sha256"] == sha256_file(p) else None
+
+        if not opts.force and up_to_date(plan, wanted, plan_recipe):
+            log(f"{plan} is up to date (same ONNX, {flavour.name} version, targets and batch profile); reusing it")
+            plans[f"plan_{precision}"] = plan
+            continue
+        gate = ctx.gate(precision)
+        base = ctx.check(precision, plan.name, f"{flavour.name}[{here}]") if runs_here and opts.verify else None
+
+        def check(tmp: Path, base=base) -> dict:
+            if base is None:
+                return {"artifact": plan.name, "precision": precision, "passed": None,
+                        "note": trt_build.NOT_RUN.format(plan=plan.name)}
+            return base(tmp)
+
+        def write(tmp: Path, onnx_path=onnx_path, plan_targets=plan_targets, wanted=wanted) -> None:
+            trt_build.build_plan(onnx_path, tmp, flavour, targets=plan_targets, device=opts.device,
+                                 min_batch=opts.min_batch, opt_batch=opts.opt_batch, max_batch=opts.max_batch_plan,
+                                 workspace_gib=opts.workspace_gib, opt_level=opts.opt_level,
+                                 timing_cache=opts.timing_cache or Path(opts.output_dir) / "timing.cache",
+                                 extra={"recipe": wanted, "gate": gate}, name=plan.name, log=log)
+
+        def check_and_record(tmp: Path, check=check) -> dict:
+            report = check(tmp)
+            trt_build.record_parity(artifacts.sidecar_path(tmp), report)
+            return report
+
+        publish(plan, write, check_and_record, allow_failure=opts.allow_parity_failure,
+                companions=(artifacts.sidecar_path,), log=log)
+        log(f"wrote {plan}" + ("" if runs_here and opts.verify else f" ({trt_build.NOT_RUN.format(plan=plan.name)})"))
+        plans[f"plan_{precision}"] = plan
+    return plans

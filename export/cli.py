@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vitrt.errors import VitrtError
 
-from . import DEFAULT_MODEL
+from . import defaults as D
 from .precision import FP16_RANGE_IMAGES
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("model and weights")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
+    g.add_argument("--model", default=D.MODEL, help="timm model name (default: %(default)s)")
     g.add_argument("--weights", default="hub", metavar="hub|random|PATH",
                    help="hub: timm's pretrained weights; random: seeded random init (tests, smoke builds); "
                         "PATH: a local .safetensors/.pth/.bin checkpoint (default: %(default)s)")
@@ -29,33 +29,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
                    help="extra timm.create_model kwargs, e.g. '{\"depth\": 2}' for a small test ViT (default: none)")
     g = p.add_argument_group("graph")
-    g.add_argument("--output-dir", type=Path, default=Path("artifacts"), help="where artifacts go (default: %(default)s)")
-    g.add_argument("--name", default="b16_384", help="artifact base name: NAME.onnx, NAME_fp16.onnx, ... (default: %(default)s)")
+    g.add_argument("--output-dir", type=Path, default=Path(D.OUTPUT_DIR), help="where artifacts go (default: %(default)s)")
+    g.add_argument("--name", default=D.NAME, help="artifact base name: NAME.onnx, NAME_fp16.onnx, ... (default: %(default)s)")
     g.add_argument("--input-format", choices=("uint8", "float32"), default="uint8",
                    help="uint8: uint8 NHWC image, normalized in the graph; float32: normalized float NCHW "
                         "(default: %(default)s)")
     g.add_argument("--tokens", action="store_true", help="also output the [N, 577, 768] token features (default: off)")
-    g.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default: %(default)s)")
-    g.add_argument("--max-batch", type=int, default=32,
+    g.add_argument("--opset", type=int, default=D.OPSET, help="ONNX opset, >= 18 (default: %(default)s)")
+    g.add_argument("--max-batch", type=int, default=D.MAX_BATCH_ONNX,
                    help="largest batch the runtime sends at once; larger ones are split (default: %(default)s)")
     g = p.add_argument_group("precision (see README: FP16 everywhere, INT8 on Ampere+, FP8 on Hopper+)")
-    g.add_argument("--precision", default="fp16", metavar="P",
+    g.add_argument("--precision", default=D.PRECISION, metavar="P",
                    help="variants to make besides the fp32 graph: fp32 (none), fp16, int8, fp8, all, or a "
                         "comma-separated list (default: %(default)s)")
     g.add_argument("--calib-dir", default=None, metavar="DIR",
                    help="calibration images for int8/fp8 (500+ recommended), or 'builtin' for scikit-image's "
                         "photos (smoke tests); fp16's range check uses the first, builtin when not given (default: none)")
-    g.add_argument("--calib-method", choices=("max", "entropy"), default="max",
+    g.add_argument("--calib-method", choices=("max", "entropy"), default=D.CALIB_METHOD,
                    help="int8/fp8 calibration method; max measured as accurate as entropy here at a "
                         "fraction of the memory (default: %(default)s)")
-    g.add_argument("--calib-max", type=int, default=512,
+    g.add_argument("--calib-max", type=int, default=D.CALIB_MAX,
                    help="use at most this many calibration images, evenly spaced (default: %(default)s)")
     g.add_argument("--fp16-keep-fp32", type=lambda s: [x for x in s.split(",") if x], default=[], metavar="OPS",
                    help="op types to keep in FP32 in the fp16 variant, besides what AutoCast flags, e.g. "
                         "Softmax (default: none)")
     g.add_argument("--fp16-range-images", type=int, default=FP16_RANGE_IMAGES,
-                   help="images AutoCast runs to find FP16 overflows; each costs about 4.3 GB of memory "
-                        "for ViT-B/16-384 (default: %(default)s)")
+                   help="images AutoCast runs to find FP16 overflows; memory grows with each (see "
+                        "export/precision.py) (default: %(default)s)")
     g.add_argument("--calibration-eps", type=lambda s: [x for x in s.split(",") if x], default=["cpu"],
                    metavar="EPS", help="ModelOpt calibration providers: cpu, cuda:0, trt (default: cpu)")
     g.add_argument("--gate", action="append", default=[], metavar="P.SUBSET.OUTPUT.METRIC=X",
@@ -68,20 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiments: also quantize the attention MatMuls (costs accuracy; default: off)")
     g.add_argument("--allow-parity-failure", action="store_true",
                    help="publish a variant that fails its parity gate; the report says so (default: off)")
-    g = p.add_argument_group("TensorRT plans (need an NVIDIA GPU and TensorRT)")
+    g = p.add_argument_group("TensorRT plans (full TensorRT on a GPU; TensorRT-RTX anywhere, for RTX GPUs)")
     g.add_argument("--plan", choices=("auto", "yes", "no"), default="auto",
-                   help="auto: build a .plan per precision where a GPU and TensorRT are present, else say so and "
-                        "skip; yes: fail without them; no: ONNX only (default: %(default)s)")
-    g.add_argument("--min-batch", type=int, default=1, help="optimization profile minimum batch (default: %(default)s)")
-    g.add_argument("--opt-batch", type=int, default=8,
+                   help="auto: build a .plan per precision where a TensorRT flavour can, else say so and skip; "
+                        "yes: fail where none can; no: ONNX only (default: %(default)s)")
+    g.add_argument("--trt", choices=("auto", "tensorrt", "tensorrt-rtx"), default=D.TRT_FLAVOUR,
+                   help="TensorRT flavour: auto picks full TensorRT where a GPU and TensorRT are present, else "
+                        "TensorRT-RTX, which builds without a GPU for the --targets (default: %(default)s)")
+    g.add_argument("--targets", default=None, metavar="LIST",
+                   help="TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120; fp8 plans keep the sm89+ ones "
+                        f"(default: {D.RTX_TARGETS})")
+    g.add_argument("--min-batch", type=int, default=D.MIN_BATCH, help="optimization profile minimum batch (default: %(default)s)")
+    g.add_argument("--opt-batch", type=int, default=D.OPT_BATCH,
                    help="batch TensorRT tunes kernels for: the middle of what dynamic batching forms (default: %(default)s)")
-    g.add_argument("--max-batch-plan", type=int, default=32,
+    g.add_argument("--max-batch-plan", type=int, default=D.MAX_BATCH_PLAN,
                    help="profile maximum batch: bounds activation memory; larger requests are split (default: %(default)s)")
-    g.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit in GiB (default: %(default)s)")
-    g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
+    g.add_argument("--workspace-gib", type=float, default=D.WORKSPACE_GIB, help="builder workspace limit in GiB (default: %(default)s)")
+    g.add_argument("--opt-level", type=int, default=D.OPT_LEVEL, choices=range(6), metavar="0-5",
                    help="builder optimization level (default: %(default)s)")
     g.add_argument("--timing-cache", type=Path, default=None,
-                   help="timing cache file reused across builds (default: OUTPUT_DIR/timing.cache)")
+                   help="full TensorRT's timing cache, reused across builds (default: OUTPUT_DIR/timing.cache)")
     g.add_argument("--device", type=int, default=0, help="GPU to build on (default: %(default)s)")
     g = p.add_argument_group("build")
     g.add_argument("--force", action="store_true", help="rebuild even when up-to-date artifacts exist (default: off)")

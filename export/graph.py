@@ -33,7 +33,9 @@ class ImageModel(nn.Module):
 
     def forward(self, image: torch.Tensor):
         if self.input_format == "uint8":
-            x = image.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+            # Cast first: TensorRT takes UINT8 only as an I/O format that goes straight into a Cast;
+            # a Transpose on uint8 fails its ONNX parser (tests/test_tensorrt_build.py).
+            x = image.to(torch.float32).permute(0, 3, 1, 2).div(255.0)
             x = (x - self.mean) / self.std
         else:
             x = image

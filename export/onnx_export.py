@@ -11,7 +11,7 @@ from typing import Any, Callable
 from vitrt.errors import BuildError
 from vitrt.metadata import FORMAT, ONNX_KEY
 
-from .atomic import atomic_path, write_json
+from .defaults import MAX_BATCH_ONNX, OPSET
 from .graph import ImageModel
 
 def build_metadata(model, data_config: dict, provenance: dict, *, model_name: str, model_kwargs: dict | None,
@@ -64,15 +64,16 @@ def set_metadata(model_proto, metadata: dict) -> None:
 
 def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenance: dict,
                 model_kwargs: dict | None = None, input_format: str = "uint8", tokens: bool = False,
-                opset: int = 18, max_batch: int = 32, photos=None, verify: bool = True,
-                images: dict | None = None, reference: dict | None = None,
+                opset: int = OPSET, max_batch: int = MAX_BATCH_ONNX, photos=None, verify: bool = True,
+                reference: tuple[dict, dict] | None = None, extra_metadata: dict | None = None,
                 log: Callable[[str], None] = print) -> dict:
     """Export ``model`` to ``out_path`` (fp32), check it, verify it against PyTorch, then publish it.
 
     Returns the parity report (also written to ``<out_path>.parity.json``). Raises BuildError, and
     leaves nothing under ``out_path``, when the export, the checker or the verification fails.
-    ``images``/``reference`` (from :mod:`export.parity`) avoid recomputing the PyTorch outputs when
-    the caller has them already.
+    ``reference`` ((inputs, outputs) from :func:`export.gate.reference_outputs`) avoids recomputing
+    the PyTorch outputs when the caller has them already; ``extra_metadata`` is merged into the
+    artifact's metadata (the build adds the reference file's name).
     """
     import time
 
@@ -80,7 +81,8 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
     import timm.data
     import torch
 
-    from . import parity
+    from . import gate
+    from .publish import publish
 
     out_path = Path(out_path)
     if opset < 18:
@@ -90,6 +92,9 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
     wrapper = ImageModel(model, data_config, input_format=input_format, tokens=tokens).eval()
     metadata = build_metadata(model, data_config, provenance, model_name=model_name, model_kwargs=model_kwargs,
                               input_format=input_format, tokens=tokens, opset=opset, max_batch=max_batch)
+    metadata.update(extra_metadata or {})
+    metadata["gate"] = gate.THRESHOLDS["fp32"]
+    metadata["recipe"] = recipe(metadata)
     t0 = time.perf_counter()
     batch = torch.export.Dim("batch", min=1, max=4096)
     try:
@@ -102,25 +107,41 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
     set_metadata(proto, metadata)
     log(f"exported {model_name} to ONNX opset {opset} in {time.perf_counter() - t0:.1f} s "
         f"({len(proto.graph.node)} nodes)")
-    with atomic_path(out_path) as tmp:
+    del program
+
+    def write(tmp: Path) -> None:
+        nonlocal proto
         onnx.save(proto, os.fspath(tmp))
-        del proto, program
+        proto = None
         try:
             onnx.checker.check_model(os.fspath(tmp), full_check=True)
         except Exception as exc:
             raise BuildError(f"onnx.checker rejected the export: {exc}") from None
-        report = {"artifact": out_path.name, "precision": "fp32", "passed": None}
-        if verify:
-            if images is None or reference is None:
-                images = parity.image_set(photos, size)
-                reference = parity.reference_outputs(wrapper, data_config, images)
-            candidate = parity.candidate_outputs(tmp, images)
-            report = parity.parity_report(reference, candidate, parity.THRESHOLDS["fp32"], artifact=out_path.name,
-                                          precision="fp32", photos=[p.name for p in images["photos"]],
-                                          synthetic=len(images["synthetic"]), batch_sizes=list(parity.BATCH_SIZES))
-            log(parity.format_report(report))
-            if not report["passed"]:
-                raise BuildError(f"the ONNX export of {model_name} disagrees with PyTorch beyond tolerance; "
-                                 "see the failed checks above")
-    write_json(out_path.with_name(out_path.name + ".parity.json"), report)
-    return report
+
+    def check(tmp: Path) -> dict:
+        inputs, outputs = reference or gate.reference_outputs(wrapper, data_config, gate.image_set(photos, size))
+        candidate = gate.candidate_outputs(tmp, inputs)
+        report = gate.parity_report(outputs, candidate, metadata["gate"], artifact=out_path.name, precision="fp32",
+                                    images={s: int(len(x)) for s, x in inputs.items()},
+                                    batch_sizes=list(gate.BATCH_SIZES))
+        log(gate.format_report(report))
+        return report
+
+    return publish(out_path, write, check if verify else None,
+                   failure_hint=f"The ONNX export of {model_name} disagrees with PyTorch beyond tolerance.", log=log)
+
+
+#: Bumped when the exported graph changes for the same model and options, so that an artifact of an
+#: older graph is rebuilt: 2 = the uint8 image is cast before the transpose (TensorRT's parser).
+GRAPH_REVISION = 2
+
+
+def recipe(meta: dict[str, Any]) -> dict[str, Any]:
+    """What decides the fp32 artifact's content: equal recipes mean it can be reused."""
+    w = meta["weights"]
+    return {
+        "graph": GRAPH_REVISION, "format": meta["format"], "model": meta["model"]["name"],
+        "kwargs": meta["model"].get("kwargs") or {}, "weights": [w.get("source"), w.get("sha256"), w.get("seed")],
+        "input": [meta["input"]["dtype"], meta["input"]["layout"]], "outputs": sorted(meta["outputs"]),
+        "max_batch": meta["batch"]["max"], "precision": meta["precision"], "opset": meta["onnx"]["opset"],
+    }

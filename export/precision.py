@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -121,11 +120,14 @@ def summarize(model) -> dict[str, Any]:
 def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndarray | None,
                  calib_provenance: dict | None, *, method: str = "max", keep_fp32_ops: list[str] | None = None,
                  op_types: list[str] | None = None, quantize_attention: bool = False, eps: list[str] | None = None,
-                 recipe: dict | None = None, log: Callable[[str], None] = print):
+                 recipe: dict | None = None, workdir: str | os.PathLike | None = None,
+                 log: Callable[[str], None] = print):
     """Make the ``precision`` variant of ``fp32_path``; returns (ModelProto with metadata, metadata).
 
     ``op_types`` and ``quantize_attention`` override ModelOpt's choice of what to quantize (for
-    experiments and for testing the parity gate on a deliberately over-quantized graph)."""
+    experiments and for testing the parity gate on a deliberately over-quantized graph). ModelOpt's
+    scratch files go to a folder under ``workdir`` (default: the fp32 file's folder) that this call
+    owns and removes; one left by a killed build is removed by the next (vitrt.atomic)."""
     import time
 
     from .onnx_export import set_metadata
@@ -137,7 +139,9 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     if calib is None or len(calib) == 0:
         raise BuildError(f"{precision} needs calibration images")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"vitrt-{precision}-") as tmp:
+    from vitrt.atomic import scratch_dir
+
+    with scratch_dir(Path(workdir) if workdir is not None else fp32_path.parent, f"{precision}") as tmp:
         workdir = Path(tmp)
         src = workdir / "fp32_copy.onnx"  # ModelOpt rewrites its input in place
         shutil.copyfile(fp32_path, src)

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 from vitrt.errors import ArtifactError, VitrtError
+from vitrt.artifacts import sidecar_path
 from vitrt.metadata import Metadata
 
-from .atomic import atomic_path, write_bytes, write_json
+from vitrt.atomic import atomic_path, write_bytes, write_json
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32",
                 "int64": "TYPE_INT64"}
@@ -54,9 +55,12 @@ def write_repository(plan: Path, repo: Path, model_name: str | None = None, inst
     plan = Path(plan)
     if not plan.is_file():
         raise ArtifactError(f"plan {plan} does not exist; build it with `make engine` on a GPU machine")
-    meta = Metadata.from_json_file(plan.with_name(plan.name + ".json"))
+    meta = Metadata.from_json_file(sidecar_path(plan))
     if "plan" not in meta.data:
         raise ArtifactError(f"{plan}.json is not a plan sidecar; rebuild the plan with `make engine`")
+    if meta.data["plan"].get("flavour", "tensorrt") != "tensorrt":
+        raise ArtifactError(f"{plan.name} is a {meta.data['plan']['flavour']} plan; Triton's tensorrt_plan backend "
+                            "runs full TensorRT plans only. Build one on the serving GPU: `make engine TRT=tensorrt`")
     name = model_name or "vitrt_" + plan.stem
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,27 @@ def small_onnx_nchw(tmp_path_factory, small_model) -> Path:
                         input_format="float32", verify=True)
 
 
+def build_opts(out: Path, **kw):
+    """BuildOptions for the small ViT, with the toy model's gate (export.gate.TOY_VIT_GATE)."""
+    from export.build import BuildOptions
+    from export.gate import TOY_VIT_GATE
+
+    kw.setdefault("gate", TOY_VIT_GATE)
+    return BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, name="m", **kw)
+
+
+@pytest.fixture(scope="session")
+def small_build(tmp_path_factory):
+    """`make engine PRECISION=all CALIB_DIR=builtin` on the small ViT: fp32/fp16/int8/fp8 ONNX and,
+    where no full TensorRT builds, real TensorRT-RTX plans of each (about 15 s). (paths, log)."""
+    from export.build import build
+
+    out = tmp_path_factory.mktemp("small_build")
+    logs: list[str] = []
+    paths = build(build_opts(out, precision="all", calib_dir="builtin"), log=logs.append)
+    return paths, logs
+
+
 @pytest.fixture(scope="session")
 def photos() -> list[Path]:
     from export.images import builtin_photos
@@ -60,7 +81,7 @@ def skimage_dir() -> Path:
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu skip cleanly on machines without an NVIDIA GPU."""
-    from vitrt.gpu import gpu_count
+    from vitrt.cuda import gpu_count
 
     if gpu_count() > 0 and not os.environ.get("VITRT_SKIP_GPU"):
         return

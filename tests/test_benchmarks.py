@@ -145,3 +145,31 @@ def test_reports_refuse_an_empty_folder(tmp_path):
         parity.run(tmp_path, out=tmp_path, progress=False)
     with pytest.raises(ArtifactError, match="no vitrt artifacts"):
         bench.run(tmp_path, out=tmp_path, progress=False)
+
+
+# --- benchmarks/gpu_check.py: what can be checked without a GPU ---------------------------------------
+def test_gpu_check_rtx_verdict_with_the_real_enums():
+    """The refusal the GPU check expects on an H100 (sm_90): INVALID with UNSUPPORTED_CC."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    from benchmarks.gpu_check import rtx_verdict
+
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    cc_bit = int(trt.EngineInvalidityDiagnostics.UNSUPPORTED_CC)
+    assert rtx_verdict(trt, trt.EngineValidity.INVALID, cc_bit, h100)[0] == "PASS"
+    assert rtx_verdict(trt, trt.EngineValidity.INVALID, 0, h100)[0] == "FAIL"  # what a machine without a GPU says
+    assert rtx_verdict(trt, trt.EngineValidity.VALID, 0, h100)[0] == "FAIL"
+    ada = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}
+    assert rtx_verdict(trt, trt.EngineValidity.VALID, 0, ada)[0] == "PASS"
+
+
+def test_gpu_check_without_a_gpu_fails_cleanly_with_a_report(tmp_path, capsys):
+    from benchmarks import gpu_check
+    from vitrt.cuda import gpu_count
+
+    if gpu_count():
+        pytest.skip("a GPU is here: benchmarks/gpu_check.sh runs the real thing")
+    gpu_check.RESULTS.clear()
+    assert gpu_check.main(["--out-dir", str(tmp_path)]) == 1
+    report = json.loads((tmp_path / "no-gpu.json").read_text())
+    assert report["results"][0]["check"] == "gpu" and report["results"][0]["status"] == "FAIL"
+    assert "1 failed" in capsys.readouterr().out

@@ -28,9 +28,41 @@ def test_predict_errors_exit_1(small_onnx, tmp_path, capsys):
 
 
 def test_info(small_onnx, capsys):
-    assert vitrt_main(["info", str(small_onnx)]) == 0
+    assert vitrt_main(["info", str(small_onnx), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["input"]["name"] == "image" and meta["precision"] == "fp32"
+    assert vitrt_main(["info", str(small_onnx)]) == 0
+    text = capsys.readouterr().out
+    assert "precision  fp32" in text and "input      image uint8 NHWC" in text and "flavour" not in text
+
+
+def test_verify_applies_the_build_gate_without_torch(small_build, tmp_path, capsys):
+    """`vitrt verify` reruns the build's gate from NAME.reference.npz; a reference that disagrees fails it."""
+    import numpy as np
+
+    from vitrt.verify import load_reference, save_reference
+
+    paths, _ = small_build
+    for precision in ("fp32", "int8"):
+        assert vitrt_main(["verify", str(paths[precision]), "--report", str(tmp_path / "r.json")]) == 0
+        out = capsys.readouterr().out
+        assert "PASSED" in out and "FAIL " not in out
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["passed"] and report["images"] == {"photos": 8, "synthetic": 12}
+        build_report = json.loads(paths[precision].with_name(paths[precision].name + ".parity.json").read_text())
+        assert report["thresholds"] == build_report["thresholds"]  # the same gate, the same numbers
+    inputs, outputs, info = load_reference(paths["fp32"].with_name("m.reference.npz"))
+    outputs["photos"]["embedding"] = outputs["photos"]["embedding"][::-1].copy()  # photos swapped: cosine drops
+    save_reference(tmp_path / "bad.npz", inputs, outputs, info)
+    assert vitrt_main(["verify", str(paths["fp16"]), "--reference", str(tmp_path / "bad.npz")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL photos.embedding.cosine_min" not in out and "FAIL embedding.cosine_min" in out and "FAILED" in out
+    assert vitrt_main(["verify", str(paths["fp16"]), "--reference", str(tmp_path / "missing.npz")]) == 1
+    assert "reference outputs" in capsys.readouterr().err
+    # a subprocess that may not import torch: verify must not need it
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; from vitrt.cli import main; "
+            f"raise SystemExit(main(['verify', {str(paths['fp16'])!r}]))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def test_helps_are_timm_style():

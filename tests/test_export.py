@@ -55,25 +55,25 @@ def test_parity_report_written(small_onnx):
 
     report = json.loads(small_onnx.with_name(small_onnx.name + ".parity.json").read_text())
     assert report["passed"] is True and report["precision"] == "fp32"
-    assert report["batch_sizes"] == [1, 3, 8] and report["synthetic"] == 12 and len(report["photos"]) >= 6
+    assert report["batch_sizes"] == [1, 3, 8] and report["images"] == {"photos": 8, "synthetic": 12}
     assert set(report["thresholds"]) == {"logits.cosine_min", "logits.rel", "embedding.cosine_min", "embedding.rel"}
 
 
 def test_verification_failure_leaves_no_file(tmp_path, small_model, monkeypatch):
     """A candidate that disagrees with PyTorch fails the build; nothing appears under the final name."""
-    from export import parity
+    from export import gate
 
-    real = parity.candidate_outputs
+    real = gate.candidate_outputs
 
-    def skewed(path, images, threads=None):
-        out = real(path, images, threads)
+    def skewed(path, inputs, threads=None):
+        out = real(path, inputs, threads)
         out["photos"]["logits"] = out["photos"]["logits"] * 1.01  # a 1 % error: 100x the tolerance
         return out
 
-    monkeypatch.setattr(parity, "candidate_outputs", skewed)
-    with pytest.raises(BuildError, match="disagrees with PyTorch"):
+    monkeypatch.setattr(gate, "candidate_outputs", skewed)
+    with pytest.raises(BuildError, match="bad.onnx failed its parity gate.*disagrees with PyTorch"):
         export_small(tmp_path / "bad.onnx", small_model)
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx.parity-failed.json"]  # the report, no artifact
 
 
 def test_tokens_output(tmp_path, small_model):
@@ -198,7 +198,8 @@ def test_build_reuses_up_to_date_fp32(tmp_path):
     from export.build import BuildOptions, build
 
     logs: list[str] = []
-    opts = BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m", precision="fp32")
+    opts = BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m", precision="fp32",
+                        plan="no")
     path = build(opts, log=logs.append)["fp32"]
     meta = Metadata.from_onnx(path).data
     assert meta["weights"]["source"] == "random" and meta["model"]["kwargs"] == SMALL_KWARGS
@@ -206,14 +207,18 @@ def test_build_reuses_up_to_date_fp32(tmp_path):
     logs.clear()
     build(opts, log=logs.append)
     assert path.stat().st_mtime_ns == mtime and any("up to date" in m for m in logs)
-    build(BuildOptions(weights="random", seed=5, model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m", precision="fp32"),
-          log=logs.append)
+    build(BuildOptions(weights="random", seed=5, model_kwargs=SMALL_KWARGS, output_dir=tmp_path, name="m", precision="fp32",
+                       plan="no"), log=logs.append)
     assert path.stat().st_mtime_ns != mtime and Metadata.from_onnx(path).data["weights"]["seed"] == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.parity.json"]  # no temp files left
+    # no temp files left; the reference was rewritten for the new weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.parity.json", "m.reference.npz"]
+    from vitrt.verify import load_reference
+
+    assert load_reference(tmp_path / "m.reference.npz")[2]["weights"]["seed"] == 5
 
 
 def test_atomic_path_cleans_up(tmp_path):
-    from export.atomic import atomic_path
+    from vitrt.atomic import atomic_path
 
     final = tmp_path / "a.onnx"
     with pytest.raises(RuntimeError):

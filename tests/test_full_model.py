@@ -1,5 +1,6 @@
 """The full ViT-B/16-384, end to end: `python -m export` -> ONNX fp32, FP16 and INT8 (each through its
-parity gate) -> vitrt.Engine. About 4 minutes on 2 cores."""
+parity gate) -> TensorRT-RTX plans of both (real builds, no GPU) -> vitrt.Engine and `vitrt verify`.
+About 5 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -25,7 +26,34 @@ def full(tmp_path_factory):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"fp32": out / "b16_384.onnx", "fp16": out / "b16_384_fp16.onnx", "int8": out / "b16_384_int8.onnx",
-            "log": proc.stdout}
+            "plan_fp16": out / "b16_384.plan", "plan_int8": out / "b16_384_int8.plan", "log": proc.stdout}
+
+
+def test_full_plans_are_real_tensorrt_rtx_engines(full):
+    """86.9 M parameters: FP16 weights alone are 174 MB, so an fp16 engine under 150 MB would have lost
+    weights; INT8 stores the 85 M Linear/Conv weights in one byte (85 MB) plus FP16 for the rest."""
+    pytest.importorskip("tensorrt_rtx")
+    assert "TensorRT plans: tensorrt-rtx" in full["log"]
+    for precision, low, high in (("fp16", 150e6, 220e6), ("int8", 85e6, 140e6)):
+        plan = full[f"plan_{precision}"]
+        side = Metadata.from_json_file(plan.with_name(plan.name + ".json")).data
+        assert low < plan.stat().st_size < high and side["plan"]["bytes"] == plan.stat().st_size
+        assert side["plan"]["flavour"] == "tensorrt-rtx" and side["plan"]["targets"] == ["8.6", "8.9", "12.0"]
+        assert side["plan"]["io"]["logits"]["shape"] == [-1, 1000] and side["parity"]["status"] == "not run"
+
+
+def test_full_verify_from_the_reference_file(full):
+    """`vitrt verify` on the int8 ONNX reproduces the build's own parity numbers from the saved reference."""
+    import vitrt.cli
+
+    report_path = full["int8"].with_name("verify.json")
+    assert vitrt.cli.main(["verify", str(full["int8"]), "--report", str(report_path)]) == 0
+    got = json.loads(report_path.read_text())["thresholds"]
+    built = json.loads(full["int8"].with_name(full["int8"].name + ".parity.json").read_text())["thresholds"]
+    assert got.keys() == built.keys()
+    for key in got:  # same inputs, same ORT CPU provider: equal up to thread-count summation order
+        assert abs(got[key]["value"] - built[key]["value"]) < 1e-4, key
+    assert full["fp32"].with_name("b16_384.reference.npz").stat().st_size < 8e6  # "a few MB"
 
 
 def test_full_export_contract(full):

@@ -10,31 +10,19 @@ import onnx
 import pytest
 
 import vitrt
-from conftest import MODEL, SMALL_KWARGS
+from conftest import MODEL, SMALL_KWARGS, build_opts
 from export.build import BuildOptions, build
 from vitrt.errors import BuildError
 from vitrt.metadata import Metadata
 
 
-#: The stated INT8/FP8 gate is set for ViT-B/16-384 (photos >= 0.98 worst). A 2-block, 64-wide random
-#: ViT quantizes worse: measured photos 0.980 worst / synthetic 0.973 worst with INT8. These tests set
-#: the photos limits to what such a toy model reaches, through the same --gate override users have;
-#: the over-quantized graph (0.79 worst, 0.86 mean) still fails it by a wide margin.
-SMALL_GATE = [f"{p}.photos.{o}.{m}={v}" for p in ("int8", "fp8") for o in ("logits", "embedding")
-              for m, v in (("cosine_min", 0.95), ("cosine_mean", 0.97))]
-
-
 def _opts(out: Path, **kw) -> BuildOptions:
-    kw.setdefault("gate", SMALL_GATE)
-    return BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, name="m", **kw)
+    return build_opts(out, **kw)
 
 
 @pytest.fixture(scope="module")
-def variants(tmp_path_factory):
-    out = tmp_path_factory.mktemp("variants")
-    logs: list[str] = []
-    paths = build(_opts(out, precision="all", calib_dir="builtin"), log=logs.append)
-    return paths, logs
+def variants(small_build):
+    return small_build
 
 
 def _types(model) -> dict[str, int]:
@@ -48,7 +36,8 @@ def _types(model) -> dict[str, int]:
 
 def test_builds_all_and_logs(variants):
     paths, logs = variants
-    assert set(paths) == {"fp32", "fp16", "int8", "fp8"}
+    assert {"fp32", "fp16", "int8", "fp8"} <= set(paths) and all(k.startswith("plan_") for k in set(paths) - {
+        "fp32", "fp16", "int8", "fp8"})  # plans: tests/test_tensorrt_build.py
     assert all(p.is_file() and p.with_name(p.name + ".parity.json").is_file() for p in paths.values())
     assert any("TensorRT recommends at least 500" in m for m in logs)  # builtin set has 32 images
 
@@ -147,17 +136,28 @@ def test_variants_share_api_and_agree(variants, precision, photos):
 
 
 def test_reuse_and_rebuild(variants, tmp_path):
-    out = variants[0]["fp32"].parent
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(variants[0]["fp32"].parent, out)  # the session's build stays as it is
+    paths = {k: out / p.name for k, p in variants[0].items()}
     logs: list[str] = []
-    mtimes = {k: p.stat().st_mtime_ns for k, p in variants[0].items()}
+    mtimes = {k: p.stat().st_mtime_ns for k, p in paths.items()}
     build(_opts(out, precision="all", calib_dir="builtin"), log=logs.append)
-    assert sum("up to date" in m for m in logs) == 4
-    assert {k: p.stat().st_mtime_ns for k, p in variants[0].items()} == mtimes
+    assert sum("up to date" in m for m in logs) == len(paths)  # 4 ONNX files and the plans
+    assert {k: p.stat().st_mtime_ns for k, p in paths.items()} == mtimes
     logs.clear()
     build(_opts(out, precision="int8", calib_dir="builtin", calib_method="entropy"), log=logs.append)
-    assert variants[0]["int8"].stat().st_mtime_ns != mtimes["int8"]
-    assert Metadata.from_onnx(variants[0]["int8"]).data["calibration"]["method"] == "entropy"
-    assert variants[0]["fp16"].stat().st_mtime_ns == mtimes["fp16"]  # only what was asked
+    assert paths["int8"].stat().st_mtime_ns != mtimes["int8"]
+    assert Metadata.from_onnx(paths["int8"]).data["calibration"]["method"] == "entropy"
+    assert paths["fp16"].stat().st_mtime_ns == mtimes["fp16"]  # only what was asked
+    if "plan_int8" in paths:  # its ONNX changed, so the plan was rebuilt
+        assert paths["plan_int8"].stat().st_mtime_ns != mtimes["plan_int8"]
+    # an artifact whose parity report is gone counts as not built (a kill between the two renames)
+    (out / "m_fp16.onnx.parity.json").unlink()
+    logs.clear()
+    build(_opts(out, precision="fp16", plan="no"), log=logs.append)
+    assert any(m.startswith("making fp16") for m in logs) and (out / "m_fp16.onnx.parity.json").is_file()
 
 
 def test_gate_fails_on_overquantized_variant(variants, tmp_path):
@@ -170,7 +170,7 @@ def test_gate_fails_on_overquantized_variant(variants, tmp_path):
     shutil.copy(variants[0]["fp32"], out / "m.onnx")
     every = ["MatMul", "Gemm", "Conv", "Add", "Mul", "Div", "Sub", "Softmax", "LayerNormalization"]
     opts = _opts(out, precision="int8", calib_dir="builtin", quantize_op_types=every, quantize_attention=True)
-    with pytest.raises(BuildError, match="int8 variant failed the parity gate"):
+    with pytest.raises(BuildError, match="m_int8.onnx failed its parity gate"):
         build(opts, log=lambda m: None)
     assert not (out / "m_int8.onnx").exists()
     failed = json.loads((out / "m_int8.onnx.parity-failed.json").read_text())

@@ -41,14 +41,11 @@ def _tensorrt():
 @pytest.fixture(scope="module")
 def small_plans(tmp_path_factory):
     _tensorrt()
-    from conftest import SMALL_KWARGS
-    from export.build import BuildOptions, build
-    from test_precision import SMALL_GATE
+    from conftest import build_opts
+    from export.build import build
 
     out = tmp_path_factory.mktemp("plans")
-    built = build(BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, name="m",
-                               precision="fp16,int8", calib_dir="builtin", plan="yes", gate=SMALL_GATE))
-    return built
+    return build(build_opts(out, precision="fp16,int8", calib_dir="builtin", plan="yes", trt="tensorrt"))
 
 
 @pytest.mark.parametrize("precision, cos", [("fp16", 0.999), ("int8", 0.98)])
@@ -61,8 +58,8 @@ def test_small_plan_matches_onnx_runtime(small_plans, photos, precision, cos):
         a, b = ref.embed(photos), trt.embed(photos)
         c = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert c.min() >= cos
-        assert [p.index for p in ref.predict(photos[0])][:1] == [p.index for p in trt.predict(photos[0])][:1] \
-            or precision == "int8"
+        if precision == "fp16":  # int8's near-tied random logits may flip top-1 at Q/DQ rounding: cosine says it
+            assert ref.predict(photos[0])[0].index == trt.predict(photos[0])[0].index
 
 
 def test_plan_graphs_on_and_off_agree(small_plans, photos):
@@ -97,6 +94,6 @@ def test_full_plan_fp16(tmp_path_factory, photos):
     from export.build import BuildOptions, build
 
     out = tmp_path_factory.mktemp("full_plan")
-    built = build(BuildOptions(weights="random", output_dir=out, precision="fp16", plan="yes"))
+    built = build(BuildOptions(weights="random", output_dir=out, precision="fp16", plan="yes", trt="tensorrt"))
     with vitrt.Engine(built["plan_fp16"]) as e:
         assert e.embed(photos[0]).shape == (768,) and len(e.predict(photos[:2])) == 2

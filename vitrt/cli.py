@@ -1,9 +1,10 @@
-"""``vitrt``: the runtime's command line (``vitrt predict``, ``vitrt info``)."""
+"""``vitrt``: the runtime's command line (``vitrt predict``, ``vitrt info``, ``vitrt verify``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,46 +22,98 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
     pr.add_argument("--providers", default=None, metavar="LIST",
                     help="comma-separated ONNX Runtime providers (default: the best present)")
-    inf = sub.add_parser("info", help="print an artifact's metadata", description="Print an artifact's vitrt metadata as JSON.")
+    inf = sub.add_parser("info", help="describe an artifact", description="Describe an artifact from its vitrt "
+                         "metadata: model, precision, I/O, batch, and for a plan its TensorRT flavour and targets.")
     inf.add_argument("path", type=Path, metavar="PATH", help="a .onnx artifact, a .plan or its .plan.json")
+    inf.add_argument("--json", action="store_true", help="print the whole metadata as JSON (default: a summary)")
+    ve = sub.add_parser("verify", help="check an artifact against its reference outputs on this machine",
+                        description="Run the artifact on the parity set saved beside it (NAME.reference.npz) and "
+                                    "apply the gate it passed at build time. Exit status 0 when it holds.")
+    ve.add_argument("path", type=Path, metavar="ARTIFACT", help="a .onnx or .plan artifact")
+    ve.add_argument("--reference", type=Path, default=None, metavar="NPZ",
+                    help="reference outputs (default: the file the artifact's metadata names, beside it)")
+    ve.add_argument("--providers", default=None, metavar="LIST",
+                    help="comma-separated ONNX Runtime providers (default: the best present)")
+    ve.add_argument("--report", type=Path, default=None, metavar="JSON", help="also write the report here (default: none)")
     return p
 
 
-def _metadata(path: Path):
-    from .metadata import Metadata
+def summary(path: Path) -> str:
+    """A few lines that say what an artifact is."""
+    from .artifacts import metadata_of
 
-    if path.suffix == ".onnx":
-        return Metadata.from_onnx(path)
-    if path.suffix == ".plan":
-        path = path.with_name(path.name + ".json")
-    return Metadata.from_json_file(path)
+    meta = metadata_of(path)
+    d = meta.data
+    inp = d["input"]
+    outs = ", ".join(f"{k} {v.get('dtype')} {v.get('shape')}" for k, v in d["outputs"].items())
+    batch = d["batch"]
+    lines = [f"artifact   {path}",
+             f"model      {d['model'].get('name')} ({d.get('weights', {}).get('source')} weights)",
+             f"precision  {d['precision']}",
+             f"input      {inp.get('name')} {inp.get('dtype')} {inp.get('layout')} {inp.get('shape')}",
+             f"outputs    {outs}",
+             f"batch      " + "/".join(str(batch[k]) for k in ("min", "opt", "max") if k in batch)]
+    plan = d.get("plan")
+    if isinstance(plan, dict):
+        flavour = plan.get("flavour", "tensorrt")
+        targets = plan.get("targets") or [plan.get("compute_capability")]
+        lines += [f"flavour    {flavour} {plan.get('tensorrt')} (CUDA {plan.get('cuda_major') or '?'})",
+                  f"targets    {', '.join('sm_' + str(t).replace('.', '') for t in targets if t)}"
+                  + (f" (built on {plan['gpu']})" if plan.get("gpu") else " (built without a GPU)"),
+                  f"plan       {plan.get('bytes', '?')} bytes, sha256 {str(plan.get('sha256'))[:16]}..."]
+        parity = d.get("parity") or {}
+        lines.append(f"parity     {parity.get('note') or parity.get('status', '?')}")
+    return "\n".join(lines)
+
+
+def _providers(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+def _run(args) -> int:
+    if args.command == "info":
+        from .artifacts import metadata_of
+
+        if not args.path.is_file():
+            raise VitrtError(f"{args.path} does not exist; expected a .onnx, .plan or .plan.json file")
+        print(metadata_of(args.path).to_json() if args.json else summary(args.path))
+        return 0
+    from .engine import Engine
+
+    if args.command == "verify":
+        from .atomic import write_json
+        from .verify import format_report
+
+        with Engine(args.path, providers=_providers(args.providers)) as engine:
+            report = engine.verify(args.reference)
+        print(format_report(report))
+        if args.report is not None:
+            write_json(args.report, report)
+        print("PASSED: the gate holds on this machine" if report["passed"] else "FAILED: see the FAIL lines above")
+        return 0 if report["passed"] else 1
+    with Engine(args.engine, providers=_providers(args.providers)) as engine:
+        results = []
+        for image in args.images:  # one at a time: a bad image names itself and stops the run
+            results.append((image, engine.predict(image, topk=args.topk)))
+    if args.json:
+        print(json.dumps([{"image": str(img), "predictions": [p._asdict() for p in preds]}
+                          for img, preds in results], indent=2))
+    else:
+        for img, preds in results:
+            print(img)
+            for p in preds:
+                print(f"  {p.prob:8.4f}  {p.index:4d}  {p.label}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "info":
-            if not args.path.is_file():
-                raise VitrtError(f"{args.path} does not exist; expected a .onnx, .plan or .plan.json file")
-            print(_metadata(args.path).to_json())
-            return 0
-        from .engine import Engine
-
-        providers = args.providers.split(",") if args.providers else None
-        with Engine(args.engine, providers=providers) as engine:
-            results = []
-            for image in args.images:  # one at a time: a bad image names itself and stops the run
-                results.append((image, engine.predict(image, topk=args.topk)))
-        if args.json:
-            print(json.dumps([{"image": str(img), "predictions": [p._asdict() for p in preds]}
-                              for img, preds in results], indent=2))
-        else:
-            for img, preds in results:
-                print(img)
-                for p in preds:
-                    print(f"  {p.prob:8.4f}  {p.index:4d}  {p.label}")
+        return _run(args)
     except VitrtError as exc:
         print(f"vitrt: error: {exc}", file=sys.stderr)
         return 1
-    return 0
-
+    except BrokenPipeError:  # `vitrt predict ... | head -1`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -7,6 +7,7 @@ CUDA error. Buffers are allocated once; pinned host buffers are exposed as numpy
 from __future__ import annotations
 
 import ctypes
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,31 @@ def check(result: Any, what: str = "CUDA call") -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+@lru_cache(maxsize=None)
+def gpu_count() -> int:
+    """Number of CUDA devices the driver reports, 0 when there is no driver or no GPU.
+
+    Asked without touching TensorRT (whose lean runtime crashes without a GPU). Uses cuda-python's
+    ``cudaGetDeviceCount``, which returns an error code, never raises, on a machine without a
+    driver. Without cuda-python, falls back to the NVIDIA device nodes.
+    """
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        import glob
+
+        return len(glob.glob("/dev/nvidia[0-9]*"))
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or not count:
+        return 0
+    return int(count)
+
+
+def set_device(device: int) -> None:
+    """Make ``device`` current for this thread (CUDA's current device is per thread)."""
+    check(_cudart().cudaSetDevice(int(device)), f"cudaSetDevice({device})")
 
 
 def device_properties(device: int = 0) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ArtifactError, InputError
 from .labels import labels_for
+from .artifacts import sidecar_path
 from .metadata import Metadata
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, normalize_nchw, to_pil, resize_center_crop
 
@@ -55,7 +56,7 @@ class Engine:
         elif suffix == ".plan":
             from .backends.tensorrt import TensorRTBackend
 
-            self.metadata = Metadata.from_json_file(self.path.with_name(self.path.name + ".json"))
+            self.metadata = Metadata.from_json_file(sidecar_path(self.path))
             self.backend = TensorRTBackend(self.path, self.metadata, device=device, cuda_graphs=cuda_graphs)
         else:
             raise ArtifactError(f"artifact {os.fspath(self.path)!r} has suffix {suffix!r}; expected .onnx or .plan")
@@ -74,6 +75,15 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({os.fspath(self.path)!r}, backend={self.backend.name}, precision={self.metadata.precision})"
+
+    def verify(self, reference: str | os.PathLike | None = None, gate: dict | None = None) -> dict:
+        """Run this artifact on the parity set's inputs saved beside it (``NAME.reference.npz``) and
+        apply the gate it passed at build time; returns the report (``report["passed"]``). Use it on
+        the machine where the artifact serves: a TensorRT-RTX plan built on a CPU is first checked
+        here. Needs no torch."""
+        from .verify import verify
+
+        return verify(self, reference, gate)
 
     # --- images -> batch ------------------------------------------------------------------
     def preprocess(self, image: ImageLike) -> np.ndarray:

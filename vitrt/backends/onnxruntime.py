@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ArtifactError, BackendError
-from ..gpu import gpu_count
+from ..cuda import gpu_count
 from .base import Backend
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

@@ -1,4 +1,5 @@
-"""Every TensorRT Python API name vitrt uses, in one place, with its source.
+"""Every TensorRT Python API name vitrt uses, in one place, with its source (tests only: the tests
+check each name against the real bindings, and that the code uses no name missing here).
 
 Checked against NVIDIA's TensorRT Python API reference (docs.nvidia.com/deeplearning/tensorrt/latest/
 _static/python-api/) and the samples (github.com/NVIDIA/TensorRT, samples/python/common_runtime.py,
@@ -29,7 +30,23 @@ RUNTIME_API = {
     "__version__": "compared with the version in the plan's sidecar (plans load only in the TensorRT that built them)",
 }
 
-#: Build side (export/trt_build.py): full tensorrt package only.
+#: Runtime side, TensorRT-RTX only (NVIDIA/TensorRT-RTX samples/apiUsage/python/api_usage.py): checked
+#: against the real ``tensorrt_rtx`` bindings, which import without a GPU.
+RTX_RUNTIME_API = {
+    "Runtime.engine_header_size": "bytes of the plan header get_engine_validity needs",
+    "Runtime.get_engine_validity": "header bytes -> (EngineValidity, EngineInvalidityDiagnostics bits)",
+    "EngineValidity": "VALID / SUBOPTIMAL / INVALID",
+    "EngineInvalidityDiagnostics": "UNSUPPORTED_CC, VERSION_MISMATCH, OLD_CUDA_DRIVER, ... (bit flags)",
+    "ICudaEngine.create_runtime_config": "-> IRuntimeConfig",
+    "IRuntimeConfig.create_runtime_cache": "-> IRuntimeCache: the JIT-compiled kernels",
+    "IRuntimeConfig.set_runtime_cache": "use that cache for the contexts made from this config",
+    "IRuntimeConfig.cuda_graph_strategy": "CudaGraphStrategy.WHOLE_GRAPH_CAPTURE or DISABLED",
+    "CudaGraphStrategy": "WHOLE_GRAPH_CAPTURE / DISABLED",
+    "IRuntimeCache.serialize": "-> IHostMemory, written beside the plan",
+    "IRuntimeCache.deserialize": "bytes -> bool (False: another GPU, driver or version; ignored)",
+}
+
+#: Build side (export/trt_build.py): full tensorrt and tensorrt_rtx.
 BUILDER_API = {
     "__version__": "major version picks the strongly-typed flag; recorded in the sidecar",
     "Logger": "trt.Logger(trt.Logger.WARNING)",
@@ -49,6 +66,12 @@ BUILDER_API = {
     "IBuilderConfig.add_optimization_profile": "profile index",
     "IBuilderConfig.create_timing_cache / set_timing_cache / get_timing_cache": "timing cache reused across builds",
     "ITimingCache.serialize": "-> bytes written atomically to the cache file",
+    "__name__": "tensorrt or tensorrt_rtx: which flavour the module is (export/trt_build.py probe)",
+    "NetworkDefinitionCreationFlag": "STRONGLY_TYPED (10.x and TensorRT-RTX)",
+    "INetworkDefinition.num_inputs / get_input / num_outputs / get_output": "the parsed network's I/O, "
+        "checked against the artifact's metadata and recorded in the sidecar",
+    "ComputeCapability": "TensorRT-RTX: SM75 ... SM121 (no SM90)",
+    "IBuilderConfig.num_compute_capabilities / set_compute_capability": "TensorRT-RTX: the targets",
     "Builder.build_serialized_network": "(network, config) -> IHostMemory, or None on failure",
 }
 
@@ -58,4 +81,6 @@ VERSION_NOTES = {
                       "(the flag is deprecated): pass it only when the major version is 10",
     "precision flags": "BuilderFlag.FP16/INT8 deprecated in 10.12, removed in 11: never set; precision is in the ONNX",
     "implicit calibrators": "removed in 11: calibration happens in ModelOpt, before TensorRT",
+    "tensorrt-rtx": "always strongly typed; no timing cache (it disables CPU-only AOT builds); targets set with "
+                    "set_compute_capability; get_engine_validity before deserializing; JIT runtime cache",
 }

@@ -1,8 +1,12 @@
-"""Parity of an ONNX artifact against the PyTorch FP32 model, on a fixed image set.
+"""The build's parity gate: thresholds per precision, and the reference it compares against.
 
 The reference is independent of vitrt's runtime: photos go through timm's own eval transform into
-the timm model; the candidate gets vitrt's preprocessing and runs on ONNX Runtime (CPU). A random
+the timm model (PyTorch FP32); the candidate artifact gets vitrt's preprocessing of the same photos
+(pixel-equal to timm's, tests/test_preprocess.py) and runs through ``vitrt.Engine``. A synthetic
 uint8 batch runs through both in several batch sizes, which also checks the dynamic batch axis.
+The inputs and reference outputs are saved beside the artifacts (``vitrt.verify``), so that the same
+gate can be applied on the machine where an artifact serves. ``benchmarks/parity.py`` (``make
+parity``) is the broader report over user images and labels; it shares the metrics.
 """
 
 from __future__ import annotations
@@ -13,11 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .images import builtin_photos, synthetic_batch
-from .metrics import compare
+from vitrt.verify import BATCH_SIZES, format_report, parity_report  # noqa: F401 (the build's gate API)
 
-#: Batch sizes the synthetic images are split into: 1 + 3 + 8 = 12 images.
-BATCH_SIZES = (1, 3, 8)
+from .images import builtin_photos, synthetic_batch
 
 
 def image_set(photos: Sequence[os.PathLike] | None = None, size: tuple[int, int] = (384, 384),
@@ -27,93 +29,44 @@ def image_set(photos: Sequence[os.PathLike] | None = None, size: tuple[int, int]
             "synthetic": synthetic_batch(sum(BATCH_SIZES), size, seed)}
 
 
-def reference_outputs(wrapper, data_config: dict, images: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """PyTorch FP32 outputs: photos through timm's transform, synthetic through the wrapper."""
+def reference_outputs(wrapper, data_config: dict, images: dict[str, Any]) -> tuple[dict, dict]:
+    """(inputs, outputs): the uint8 inputs a candidate gets (vitrt's crops of the photos, the
+    synthetic batch) and PyTorch FP32's outputs (photos through timm's transform)."""
     import timm.data
     import torch
     from PIL import Image
 
+    from vitrt.preprocess import normalize_nchw, preprocess
+
     transform = timm.data.create_transform(**data_config, is_training=False)
     model = wrapper.model
+    inputs: dict[str, np.ndarray] = {}
     out: dict[str, dict[str, np.ndarray]] = {}
     with torch.inference_mode():
         if images["photos"]:
+            inputs["photos"] = np.stack([preprocess(p, data_config) for p in images["photos"]])
             x = torch.stack([transform(Image.open(p).convert("RGB")) for p in images["photos"]])
             feats = model.forward_features(x)
             emb = model.forward_head(feats, pre_logits=True)
             out["photos"] = {"logits": model.get_classifier()(emb).numpy(), "embedding": emb.numpy()}
+        inputs["synthetic"] = images["synthetic"]
         syn = torch.from_numpy(images["synthetic"])
         if wrapper.input_format != "uint8":
-            from vitrt.preprocess import normalize_nchw
-
             syn = torch.from_numpy(normalize_nchw(images["synthetic"], data_config))
         res = wrapper(syn)
         out["synthetic"] = {"logits": res[0].numpy(), "embedding": res[1].numpy()}
-    return out
+    return inputs, out
 
 
-def candidate_outputs(onnx_path: os.PathLike, images: dict[str, Any], threads: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Outputs of the artifact through vitrt.Engine on ONNX Runtime's CPU provider."""
+def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict:
+    """Outputs of the artifact at ``path`` through vitrt.Engine: ONNX on ONNX Runtime's CPU provider
+    (the same on every machine), a plan on its GPU."""
     import vitrt
-    from vitrt.preprocess import normalize_nchw
+    from vitrt.verify import candidate_outputs as run
 
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with vitrt.Engine(onnx_path, providers=["CPUExecutionProvider"], threads=threads) as engine:
-        nchw = engine.metadata.input_layout == "NCHW"
-        prep = (lambda b: normalize_nchw(b, engine.metadata.data_config)) if nchw else (lambda b: b)
-        if images["photos"]:
-            batch = np.stack([engine.preprocess(p) for p in images["photos"]])
-            out["photos"] = engine.infer(prep(batch))
-        parts, start = [], 0
-        for n in BATCH_SIZES:
-            parts.append(engine.infer(prep(images["synthetic"][start:start + n])))
-            start += n
-        out["synthetic"] = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return out
-
-
-def check_thresholds(metrics: dict, thresholds: dict[str, dict[str, dict[str, float]]]) -> dict:
-    """Every threshold with its value and whether it held.
-
-    ``thresholds`` maps subset ("photos", "synthetic", or "*" for the worst over all subsets) ->
-    output -> metric -> limit. Limits on ``max_abs``/``rel``/``mean_abs`` are upper bounds, all others
-    lower bounds."""
-    checks = {}
-    for subset, outputs in thresholds.items():
-        subsets = list(metrics) if subset == "*" else [subset]
-        for output, limits in outputs.items():
-            for metric, limit in limits.items():
-                upper = metric in ("max_abs", "rel", "mean_abs")
-                values = [metrics[s][output][metric] for s in subsets
-                          if s in metrics and output in metrics[s] and metric in metrics[s][output]]
-                if not values:
-                    continue
-                value = max(values) if upper else min(values)
-                held = value <= limit if upper else value >= limit
-                key = f"{output}.{metric}" if subset == "*" else f"{subset}.{output}.{metric}"
-                checks[key] = {"value": value, "limit": limit, "bound": "max" if upper else "min", "held": bool(held)}
-    return checks
-
-
-def parity_report(reference: dict, candidate: dict, thresholds: dict, **info: Any) -> dict:
-    metrics = {subset: compare(reference[subset], candidate[subset]) for subset in reference}
-    checks = check_thresholds(metrics, thresholds)
-    return {**info, "metrics": metrics, "thresholds": checks, "passed": all(c["held"] for c in checks.values())}
-
-
-def format_report(report: dict) -> str:
-    """A few lines for the terminal: per subset, the headline numbers, then each threshold."""
-    lines = [f"parity of {report.get('artifact', '?')} ({report.get('precision', '?')}) vs PyTorch FP32:"]
-    for subset, m in report["metrics"].items():
-        lg, em = m.get("logits", {}), m.get("embedding", {})
-        lines.append(f"  {subset:<9} n={len(lg.get('cosine', []))}: logits cos min {lg.get('cosine_min', float('nan')):.7f} "
-                     f"max|d| {lg.get('max_abs', float('nan')):.3g}  embedding cos min {em.get('cosine_min', float('nan')):.7f} "
-                     f"max|d| {em.get('max_abs', float('nan')):.3g}  top1 {lg.get('top1_agree', float('nan')):.3f} "
-                     f"top5 {lg.get('top5_agree', float('nan')):.3f}")
-    for name, c in report["thresholds"].items():
-        op = "<=" if c["bound"] == "max" else ">="
-        lines.append(f"  {'ok  ' if c['held'] else 'FAIL'} {name} = {c['value']:.7g} {op} {c['limit']}")
-    return "\n".join(lines)
+    providers = ["CPUExecutionProvider"] if Path(path).suffix == ".onnx" else None
+    with vitrt.Engine(path, providers=providers, threads=threads) as engine:
+        return run(engine, inputs)
 
 
 # --- the parity gate ------------------------------------------------------------------------------
@@ -188,3 +141,11 @@ def apply_overrides(gate: dict, precision: str, overrides: dict[str, float]) -> 
         if p == precision:
             gate.setdefault(subset, {}).setdefault(output, {})[metric] = value
     return gate
+
+
+#: ``--gate`` overrides for the 2-block, 64-wide random ViT the tests and benchmarks/gpu_check.py
+#: build (tests/conftest.py SMALL_KWARGS). The stated INT8/FP8 gate is set for ViT-B/16-384; the toy
+#: model quantizes worse: measured INT8 photos 0.980 worst / 0.986 mean. These limits sit under
+#: that; the over-quantized graph (every op type + attention: 0.79 worst, 0.86 mean) still fails them.
+TOY_VIT_GATE = [f"{p}.photos.{o}.{m}={v}" for p in ("int8", "fp8") for o in ("logits", "embedding")
+                for m, v in (("cosine_min", 0.95), ("cosine_mean", 0.97))]

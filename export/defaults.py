@@ -1,0 +1,25 @@
+"""The build's defaults, in one place (the CLI's help, the Makefile and the builder read them here).
+
+Batch profile: batch 1 is what a single request needs; 8 is where TensorRT tunes its kernels (the
+middle of what dynamic batching forms under load); 32 bounds the memory held for activations (about
+0.8 GB of scratch for ViT-B/16-384 in FP16) and is past the point where an H100's throughput stops
+growing for this 49-GMAC model. The ONNX artifacts' ``max_batch`` (what the runtime sends at once;
+larger requests are split) is the same 32.
+"""
+
+MODEL = "vit_base_patch16_384.augreg_in21k_ft_in1k"
+NAME = "b16_384"
+OUTPUT_DIR = "artifacts"
+OPSET = 18
+PRECISION = "fp16"
+CALIB_METHOD = "max"
+CALIB_MAX = 512
+MIN_BATCH, OPT_BATCH, MAX_BATCH_PLAN = 1, 8, 32
+MAX_BATCH_ONNX = 32
+WORKSPACE_GIB = 4.0
+OPT_LEVEL = 3  # TensorRT's default; 5 searches longer for a few percent
+#: TensorRT-RTX targets when TARGETS is not given: the RTX GPUs from Ampere on (RTX 30xx/A-series
+#: sm_86, RTX 40xx/Ada sm_89, RTX 50xx/Blackwell sm_120). fp8 plans keep only the sm_89+ ones.
+RTX_TARGETS = "sm86,sm89,sm120"
+#: auto: full TensorRT where a GPU and TensorRT are present, else TensorRT-RTX (builds without a GPU).
+TRT_FLAVOUR = "auto"
