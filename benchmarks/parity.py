@@ -104,19 +104,11 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def reference_outputs(model, items: list[dict], batch: int = 8, progress: bool = True) -> dict[str, np.ndarray]:
-    import timm.data
-    import torch
-    from PIL import Image
+    """timm's PyTorch FP32 model through timm's own transform (shared with the build's gate)."""
+    from export.gate import timm_reference
 
-    tf = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
-    logits, emb = [], []
-    with torch.inference_mode():
-        for chunk in _progress(list(_batches(items, batch)), "reference (PyTorch FP32)", progress):
-            x = torch.stack([tf(Image.open(io.BytesIO(it["data"])).convert("RGB")) for it in chunk])
-            e = model.forward_head(model.forward_features(x), pre_logits=True)
-            emb.append(e.numpy())
-            logits.append(model.get_classifier()(e).numpy())
-    return {"logits": np.concatenate(logits), "embedding": np.concatenate(emb)}
+    return timm_reference(model, [it["data"] for it in items], batch,
+                          (lambda chunks: _progress(chunks, "reference (PyTorch FP32)", True)) if progress else None)
 
 
 def candidate_outputs(artifact: Path, items: list[dict], batch: int = 8, progress: bool = True) -> tuple[dict, str, str]:

@@ -29,26 +29,41 @@ def image_set(photos: Sequence[os.PathLike] | None = None, size: tuple[int, int]
             "synthetic": synthetic_batch(sum(BATCH_SIZES), size, seed)}
 
 
-def reference_outputs(wrapper, data_config: dict, images: dict[str, Any]) -> tuple[dict, dict]:
-    """(inputs, outputs): the uint8 inputs a candidate gets (vitrt's crops of the photos, the
-    synthetic batch) and PyTorch FP32's outputs (photos through timm's transform)."""
+def timm_reference(model, sources: Sequence, batch: int = 8, progress=None) -> dict[str, np.ndarray]:
+    """PyTorch FP32 outputs of the timm ``model`` on images (paths or encoded bytes) fed through timm's
+    own eval transform: ``logits`` and ``embedding`` (``forward_head(..., pre_logits=True)``). The
+    reference of both the build's gate and ``make parity``."""
+    import io
+
     import timm.data
     import torch
     from PIL import Image
 
+    tf = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+    chunks = [sources[i:i + batch] for i in range(0, len(sources), batch)]
+    logits, emb = [], []
+    with torch.inference_mode():
+        for chunk in (progress(chunks) if progress else chunks):
+            x = torch.stack([tf(Image.open(io.BytesIO(s) if isinstance(s, bytes) else s).convert("RGB")) for s in chunk])
+            e = model.forward_head(model.forward_features(x), pre_logits=True)
+            emb.append(e.numpy())
+            logits.append(model.get_classifier()(e).numpy())
+    return {"logits": np.concatenate(logits), "embedding": np.concatenate(emb)}
+
+
+def reference_outputs(wrapper, data_config: dict, images: dict[str, Any]) -> tuple[dict, dict]:
+    """(inputs, outputs): the uint8 inputs a candidate gets (vitrt's crops of the photos, the
+    synthetic batch) and PyTorch FP32's outputs (photos through timm's transform)."""
+    import torch
+
     from vitrt.preprocess import normalize_nchw, preprocess
 
-    transform = timm.data.create_transform(**data_config, is_training=False)
-    model = wrapper.model
     inputs: dict[str, np.ndarray] = {}
     out: dict[str, dict[str, np.ndarray]] = {}
+    if images["photos"]:
+        inputs["photos"] = np.stack([preprocess(p, data_config) for p in images["photos"]])
+        out["photos"] = timm_reference(wrapper.model, list(images["photos"]), batch=len(images["photos"]))
     with torch.inference_mode():
-        if images["photos"]:
-            inputs["photos"] = np.stack([preprocess(p, data_config) for p in images["photos"]])
-            x = torch.stack([transform(Image.open(p).convert("RGB")) for p in images["photos"]])
-            feats = model.forward_features(x)
-            emb = model.forward_head(feats, pre_logits=True)
-            out["photos"] = {"logits": model.get_classifier()(emb).numpy(), "embedding": emb.numpy()}
         inputs["synthetic"] = images["synthetic"]
         syn = torch.from_numpy(images["synthetic"])
         if wrapper.input_format != "uint8":

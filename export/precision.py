@@ -141,10 +141,13 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     t0 = time.perf_counter()
     from vitrt.atomic import scratch_dir
 
+    from . import publish as _publish
+
     with scratch_dir(Path(workdir) if workdir is not None else fp32_path.parent, f"{precision}") as tmp:
         workdir = Path(tmp)
         src = workdir / "fp32_copy.onnx"  # ModelOpt rewrites its input in place
         shutil.copyfile(fp32_path, src)
+        _publish.on_event("scratch", workdir)
         try:
             if precision == "fp16":
                 model, options = _fp16(src, calib, workdir, list(keep_fp32_ops or []))

@@ -19,6 +19,16 @@ from vitrt.atomic import atomic_path, write_json
 from vitrt.errors import BuildError, VitrtError
 
 
+def _no_hook(event: str, path: Path) -> None:
+    pass
+
+
+#: Called at each step with (event, final path): "written", "checked", "report", "companions",
+#: "published"; and "scratch" by the precision pass. The kill test (tests/test_kill.py) sets it to
+#: SIGKILL the build at a chosen step. Nothing else uses it.
+on_event: Callable[[str, Path], None] = _no_hook
+
+
 def publish(final: Path, write: Callable[[Path], None], check: Callable[[Path], dict] | None, *,
             allow_failure: bool = False, companions: tuple[Callable[[Path], Path], ...] = (),
             failure_hint: str = "", log: Callable[[str], None] = print) -> dict:
@@ -31,8 +41,10 @@ def publish(final: Path, write: Callable[[Path], None], check: Callable[[Path], 
         pending = [(c(tmp), c(final)) for c in companions]
         try:
             write(tmp)
+            on_event("written", final)
             if check is not None:
                 report = check(tmp)
+                on_event("checked", final)
             if report["passed"] is False:
                 if not allow_failure:
                     write_json(parity_path(final, failed=True), report)
@@ -41,14 +53,18 @@ def publish(final: Path, write: Callable[[Path], None], check: Callable[[Path], 
                 report["overridden"] = True
                 log(f"WARNING: publishing {final.name} although it failed the parity gate (--allow-parity-failure)")
             write_json(parity_path(final), report)
+            on_event("report", final)
             with contextlib.suppress(FileNotFoundError):
                 parity_path(final, failed=True).unlink()
             for tmp_c, final_c in pending:
                 os.replace(tmp_c, final_c)
+            if pending:
+                on_event("companions", final)
         finally:
             for tmp_c, _ in pending:
                 with contextlib.suppress(FileNotFoundError):
                     tmp_c.unlink()
+    on_event("published", final)
     return report
 
 

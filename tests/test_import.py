@@ -26,3 +26,26 @@ def test_public_api():
         assert hasattr(vitrt, name)
     assert issubclass(vitrt.ImageError, vitrt.VitrtError)
     assert issubclass(vitrt.MetadataError, vitrt.ArtifactError)
+
+
+def test_imports_point_one_way():
+    """Three floors: benchmarks -> export -> vitrt. No module imports a floor above its own."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    floors = {"vitrt": 0, "export": 1, "benchmarks": 2}
+    wrong = []
+    for package, floor in floors.items():
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    if floors.get(top, -1) > floor:
+                        wrong.append(f"{path.relative_to(root)} imports {name}")
+    assert not wrong, wrong

@@ -56,7 +56,7 @@ def test_metadata_validation(small_onnx):
     del bad["input"]
     with pytest.raises(MetadataError, match=r"lacks \['input'\].*make engine"):
         Metadata(bad)
-    with pytest.raises(MetadataError, match="format 99; this vitrt reads format 1"):
+    with pytest.raises(MetadataError, match="format 99; expected format 1"):
         Metadata({**meta.data, "format": 99})
     with pytest.raises(MetadataError, match="expected a JSON object"):
         Metadata([1, 2])

@@ -82,6 +82,51 @@ def test_int8_graph(variants):
     assert len(attention) == 2 * SMALL_KWARGS["depth"] and not any(from_dq(i) for n in attention for i in n.input)
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
     assert from_dq(conv.input[0]) and from_dq(conv.input[1])
+    # weights: initializer -> QuantizeLinear -> DequantizeLinear -> MatMul, per-channel (one scale per
+    # output channel, axis 1 of the [in, out] weight) and symmetric (int8 zero point 0)
+    for n in linear:
+        dq = producers[n.input[1]]
+        q = producers[dq.input[0]]
+        assert q.op_type == "QuantizeLinear" and q.input[0] in inits
+        weight, scale, zero = inits[q.input[0]], inits[dq.input[1]], inits[dq.input[2]]
+        assert scale.shape == (weight.shape[1],) and inits[q.input[1]].shape == (weight.shape[1],)
+        assert zero.dtype == np.int8 and not zero.any()
+        assert {a.name: a.i for a in dq.attribute}.get("axis") == 1
+    assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == F32 and types["embedding"] == F32
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    assert matmuls and all(types[n.input[0]] == F16 for n in matmuls)  # random weights: AutoCast flags nothing
+    lns = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert len(lns) == 2 * SMALL_KWARGS["depth"] + 1
+    for ln in lns:  # FP16 in and out, statistics in FP32 (stash_type=1, the ONNX default, kept explicit)
+        stash = {a.name: a.i for a in ln.attribute}.get("stash_type", 1)
+        assert stash == 1 and types[ln.input[0]] == F16
+    meta = Metadata.from_onnx(path).data
+    assert meta["precision"] == "fp16" and meta["precision_pass"]["tool"].startswith("modelopt.onnx.autocast")
+    assert meta["source_onnx"]["file"] == "m.onnx" and len(meta["source_onnx"]["sha256"]) == 64
+    assert meta["calibration"]["source"] == "builtin" and meta["calibration"]["used"] == 1
+
+
+def test_int8_graph(variants):
+    path = variants[0]["int8"]
+    model = onnx.load(path)
+    types = _types(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    def from_dq(name):
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
+    linear, attention = [], []
+    for n in model.graph.node:
+        if n.op_type != "MatMul":
+            continue
+        src_ops = {producers[i].op_type for i in n.input if i in producers}
+        (attention if src_ops & {"Softmax", "Mul", "Transpose"} and not any(map(from_dq, n.input)) else linear).append(n)
+    assert len(linear) == 4 * SMALL_KWARGS["depth"]  # qkv, proj, fc1, fc2 per block
+    assert all(from_dq(n.input[0]) and from_dq(n.input[1]) for n in linear)
+    assert len(attention) == 2 * SMALL_KWARGS["depth"] and not any(from_dq(i) for n in attention for i in n.input)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert from_dq(conv.input[0]) and from_dq(conv.input[1])
     # weights: per-channel (one scale per output channel) and symmetric (zero point 0)
     for n in linear:
         dq = producers[n.input[1]]
@@ -101,16 +146,17 @@ def test_int8_graph(variants):
 
 
 def test_per_channel_weight_scales(variants):
-    """Every weight DequantizeLinear has one scale per output channel."""
-    model = onnx.load(variants[0]["int8"])
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
-    if not weight_dq:  # weights stored float with Q->DQ on the fly
-        qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
-        weight_dq = qs
-    assert weight_dq
-    per_channel = [inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in weight_dq]
-    assert all(per_channel)
+    """Every weight quantizer (a QuantizeLinear on an initializer) has one scale per output channel,
+    in int8 and fp8 alike: 4 Linear layers per block (+ the patch Conv in int8)."""
+    for precision, extra in (("int8", 1), ("fp8", 0)):
+        model = onnx.load(variants[0][precision])
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        weight_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
+        assert len(weight_q) == 4 * SMALL_KWARGS["depth"] + extra, precision
+        for q in weight_q:
+            w, scale = inits[q.input[0]], inits[q.input[1]]
+            axis = {a.name: a.i for a in q.attribute}.get("axis", 1)
+            assert scale.ndim == 1 and scale.size == w.shape[axis] > 1, (precision, q.name)
 
 
 def test_fp8_graph_and_runtime(variants, photos):

@@ -107,6 +107,7 @@ def test_plan_io_must_match_the_metadata(tmp_path, small_onnx, rtx):
     model = onnx.load(small_onnx)
     meta = Metadata.from_onnx(small_onnx).data
     meta["outputs"]["logits"]["shape"] = ["N", 10]
+    meta["model"]["num_classes"], meta["labels"] = 10, None  # a consistent lie: only the graph contradicts it
     set_metadata(model, meta)
     onnx.save(model, tmp_path / "lying.onnx")
     with pytest.raises(BuildError, match=r"TensorRT parsed lying.onnx into I/O .*expected .*'shape': \[-1, 10\]"):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import vitrt
+from conftest import SMALL_KWARGS
 from vitrt.backends import tensorrt as trt_backend
 from vitrt.errors import ArtifactError, BackendError, MetadataError
 from vitrt.metadata import Metadata, sha256_file
@@ -340,8 +341,8 @@ def _fake_cuda(log):
 class FakeContext:
     """'Runs' the model on fake device memory: logits[i] = mean pixel of image i, embedding[i] = i."""
 
-    def __init__(self, mem, log, state):
-        self.mem, self.log, self.addr, self.shape, self.state = mem, log, {}, None, state
+    def __init__(self, mem, log, state, width=SMALL_KWARGS["embed_dim"]):
+        self.mem, self.log, self.addr, self.shape, self.state, self.width = mem, log, {}, None, state, width
 
     def set_tensor_address(self, name, ptr):
         self.addr[name] = ptr
@@ -358,7 +359,8 @@ class FakeContext:
             self.log.append(f"kernel {n}")
             img = self.mem[self.addr["image"]][: n * 384 * 384 * 3].reshape(n, -1)
             self.mem[self.addr["logits"]].view(np.float32)[: n * 1000] = np.repeat(img.mean(1), 1000).astype(np.float32)
-            self.mem[self.addr["embedding"]].view(np.float32)[: n * 768] = np.repeat(np.arange(n), 768).astype(np.float32)
+            w = self.width
+            self.mem[self.addr["embedding"]].view(np.float32)[: n * w] = np.repeat(np.arange(n), w).astype(np.float32)
 
         self.log.append(f"enqueue {n}")
         if self.state.recording is not None:
@@ -372,7 +374,7 @@ def _fake_setup(tmp_path, small_onnx, monkeypatch, flavour="tensorrt"):
     log: list[str] = []
     fake_cuda, mem = _fake_cuda(log)
     trt = _fake_trt()
-    engine = FakeEngine()
+    engine = FakeEngine(width=SMALL_KWARGS["embed_dim"])  # the small ViT's sidecar (_plan_pair)
     engine.create_execution_context = lambda config=None: FakeContext(mem, log, fake_cuda.state)
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda data: engine, engine_host_code_allowed=True)
@@ -447,7 +449,7 @@ def test_backend_runs_and_captures_graphs_per_batch_size(fake_backend):
     x4 = rng.integers(0, 256, (4, 384, 384, 3), dtype=np.uint8)
     out = backend.run({"image": x4})
     np.testing.assert_allclose(out["logits"][:, 0], x4.reshape(4, -1).mean(1), rtol=1e-6)
-    assert out["embedding"].shape == (4, 768) and out["logits"].shape == (4, 1000)
+    assert out["embedding"].shape == (4, 64) and out["logits"].shape == (4, 1000)
     # first run at batch 4: plain enqueue (its kernel runs), then the capture records one without running it
     assert log == ["enqueue 4", "kernel 4", "sync", "capture", "enqueue 4"]
     log.clear()
@@ -508,11 +510,11 @@ def test_engine_on_fake_plan_matches_onnx_api(fake_backend, photos):
     with vitrt.Engine(plan) as engine:
         assert engine.backend.name == "tensorrt[Fake GPU]"
         assert engine.infer(np.full((2, 384, 384, 3), 9, np.uint8))["logits"][1, 0] == 9
-        assert len(engine.predict(photos[0])) == 5 and engine.embed(photos[:3]).shape == (3, 768)
+        assert len(engine.predict(photos[0])) == 5 and engine.embed(photos[:3]).shape == (3, 64)
         with pytest.raises(vitrt.InputError, match="dtype float32; expected uint8"):
             engine.infer(np.zeros((1, 384, 384, 3), np.float32))
         out = engine.infer(np.zeros((40, 384, 384, 3), np.uint8))  # > max batch 32: split in 32 + 8
-        assert out["embedding"].shape == (40, 768) and out["embedding"][32, 0] == 0
+        assert out["embedding"].shape == (40, 64) and out["embedding"][32, 0] == 0
 
 
 # --- the builder's pure parts ---------------------------------------------------------------------

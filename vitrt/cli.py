@@ -74,7 +74,12 @@ def _run(args) -> int:
     if args.command == "info":
         from .artifacts import metadata_of
 
-        if not args.path.is_file():
+        try:
+            exists = args.path.is_file()
+        except (OSError, ValueError) as exc:
+            raise VitrtError(f"{str(args.path)[:60]}... is not a usable path ({getattr(exc, 'strerror', None) or exc}); "
+                             "expected a .onnx, .plan or .plan.json file") from None
+        if not exists:
             raise VitrtError(f"{args.path} does not exist; expected a .onnx, .plan or .plan.json file")
         print(metadata_of(args.path).to_json() if args.json else summary(args.path))
         return 0

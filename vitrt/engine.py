@@ -12,7 +12,7 @@ from .errors import ArtifactError, InputError
 from .labels import labels_for
 from .artifacts import sidecar_path
 from .metadata import Metadata
-from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, normalize_nchw, to_pil, resize_center_crop
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, check_max_pixels, normalize_nchw, resize_center_crop, to_pil
 
 
 class Prediction(NamedTuple):
@@ -40,32 +40,51 @@ class Engine:
     context manager or call :meth:`close` to free the session and its buffers.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence | None = None, *, device: int = 0,
+    def __init__(self, path: str | os.PathLike, providers: Sequence | str | None = None, *, device: int = 0,
                  cuda_graphs: bool = True, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.backend = None
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputError(f"artifact path is a {type(path).__name__}; expected a str or Path to a .onnx or "
+                             ".plan file built by `make engine`")
         self.path = Path(path)
-        if not self.path.is_file():
-            raise ArtifactError(f"artifact {os.fspath(self.path)!r} does not exist; expected a .onnx or .plan "
+        shown = os.fspath(self.path)
+        shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
+        try:
+            exists = self.path.is_file()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            raise ArtifactError(f"artifact path {shown!r} is not usable ({getattr(exc, 'strerror', None) or exc}); "
+                                "expected a .onnx or .plan file built by `make engine`") from None
+        if not exists:
+            raise ArtifactError(f"artifact {shown!r} does not exist; expected a .onnx or .plan "
                                 "file built by `make engine`")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise InputError(f"threads={threads!r}; expected a positive integer or None (ONNX Runtime's default)")
+        if isinstance(device, bool) or not isinstance(device, (int, np.integer)) or device < 0:
+            raise InputError(f"device={device!r}; expected a GPU index (0, 1, ...)")
+        if not isinstance(cuda_graphs, bool):
+            raise InputError(f"cuda_graphs={cuda_graphs!r}; expected True or False")
+        self.max_pixels = check_max_pixels(max_pixels)
         suffix = self.path.suffix.lower()
         if suffix == ".onnx":
             from .backends.onnxruntime import OnnxRuntimeBackend
 
             self.metadata = Metadata.from_onnx(self.path)
-            config = {"session.disable_quant_qdq": "1"} if self.metadata.precision == "fp8" else None
-            self.backend = OnnxRuntimeBackend(self.path, providers, threads=threads, session_config=config)
+            check_graph_precision(self.path, self.metadata)
+            self.backend = OnnxRuntimeBackend(self.path, self.metadata, providers, threads=threads)
         elif suffix == ".plan":
             from .backends.tensorrt import TensorRTBackend
 
             self.metadata = Metadata.from_json_file(sidecar_path(self.path))
             self.backend = TensorRTBackend(self.path, self.metadata, device=device, cuda_graphs=cuda_graphs)
         else:
-            raise ArtifactError(f"artifact {os.fspath(self.path)!r} has suffix {suffix!r}; expected .onnx or .plan")
-        self.max_pixels = max_pixels
+            raise ArtifactError(f"artifact {shown!r} has suffix {suffix!r}; expected .onnx or .plan")
         self.labels = labels_for(self.metadata.label_set, self.metadata.num_classes)
 
     # --- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
-        self.backend.close()
+        if self.backend is not None:
+            self.backend.close()
 
     def __enter__(self) -> "Engine":
         return self
@@ -147,6 +166,18 @@ class Engine:
         out, single = self._run_images(images)
         emb = out["embedding"].astype(np.float32, copy=False)
         return emb[0] if single else emb
+
+
+def check_graph_precision(path: Path, meta: Metadata) -> None:
+    """The metadata's precision must be what the graph holds (vitrt.onnx_meta.graph_precision)."""
+    from .onnx_meta import graph_precision
+
+    got = graph_precision(path)
+    said = "int8" if meta.precision == "int8-cpu" else meta.precision
+    if got != said:
+        raise ArtifactError(f"{path.name}: the metadata says precision {meta.precision}, the graph holds {got} "
+                            "(its ops and initializer types). The graph is the truth: expected metadata that matches it; rebuild it "
+                            "with `make engine`")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import MetadataError
+from .errors import ArtifactError, MetadataError
 
 ONNX_KEY = "vitrt"
 FORMAT = 1
@@ -28,19 +28,96 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int8-cpu")
+REBUILD = "Rebuild the artifact with `make engine`."
+
+
+def _int(v: Any, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def validate(data: Any, source: str) -> None:
+    """The whole metadata, checked once against one schema; MetadataError names the first bad field
+    with what it holds and what was expected."""
+    from .errors import InputError
+    from .preprocess import check_data_config
+
+    def fail(field: str, value: Any, expected: str):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."
+        raise MetadataError(f"{source}: metadata {field} is {shown}; expected {expected}. {REBUILD}")
+
+    if not isinstance(data, dict):
+        fail("", type(data).__name__, "a JSON object")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise MetadataError(f"{source}: metadata lacks {missing}; expected the keys {list(REQUIRED)}. {REBUILD}")
+    if data["format"] != FORMAT:
+        raise MetadataError(f"{source}: metadata format {data['format']!r}; expected format {FORMAT} (what this vitrt reads). {REBUILD}")
+    model = data["model"]
+    if not isinstance(model, dict):
+        fail("model", model, "an object with name, num_classes, num_features")
+    if not isinstance(model.get("name"), str):
+        fail("model.name", model.get("name"), "a timm model name")
+    for key in ("num_classes", "num_features"):
+        if not _int(model.get(key)):
+            fail(f"model.{key}", model.get(key), "a positive integer")
+    try:
+        check_data_config(data["data_config"], "data_config")
+    except InputError as exc:
+        raise MetadataError(f"{source}: metadata {exc}. {REBUILD}") from None
+    if data.get("labels") is not None and not isinstance(data["labels"], str):
+        fail("labels", data["labels"], "a label set name (imagenet-1k) or null")
+    if not isinstance(data["weights"], dict):
+        fail("weights", data["weights"], "an object (source, sha256, ...)")
+    if data["precision"] not in PRECISIONS:
+        fail("precision", data["precision"], f"one of {', '.join(PRECISIONS)}")
+    inp = data["input"]
+    if not isinstance(inp, dict) or not isinstance(inp.get("name"), str) or not inp.get("name"):
+        fail("input", inp, "an object with name, dtype, layout, shape")
+    h, w = data["data_config"]["input_size"][1:]
+    layouts = {("uint8", "NHWC"): [h, w, 3], ("float32", "NCHW"): [3, h, w]}
+    item = layouts.get((inp.get("dtype"), inp.get("layout")))
+    if item is None:
+        fail("input dtype/layout", (inp.get("dtype"), inp.get("layout")), "uint8 NHWC or float32 NCHW")
+    shape = inp.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and list(shape[1:]) == item):
+        fail("input.shape", shape, f"['N', {', '.join(map(str, item))}] (from data_config.input_size)")
+    outs = data["outputs"]
+    if not isinstance(outs, dict):
+        fail("outputs", outs, "an object: output name -> {dtype, shape}")
+    want = {"logits": model["num_classes"], "embedding": model["num_features"]}
+    for name, width in want.items():
+        spec = outs.get(name)
+        if not isinstance(spec, dict) or spec.get("dtype") != "float32" or not isinstance(spec.get("shape"), list) \
+                or len(spec["shape"]) != 2 or spec["shape"][1] != width:
+            fail(f"outputs.{name}", spec, f"{{'dtype': 'float32', 'shape': ['N', {width}]}}")
+    for name, spec in outs.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) or not isinstance(spec.get("shape"), list) \
+                or not all(_int(d) for d in spec["shape"][1:]):
+            fail(f"outputs.{name}", spec, "{'dtype': ..., 'shape': ['N', positive integers...]}")
+    batch = data["batch"]
+    if not isinstance(batch, dict) or not _int(batch.get("min")) or not _int(batch.get("max")) \
+            or batch["max"] < batch["min"] or ("opt" in batch and not (_int(batch["opt"]) and
+                                                                        batch["min"] <= batch["opt"] <= batch["max"])):
+        fail("batch", batch, "{'min': >= 1, 'opt': between, 'max': >= min}")
+    plan = data.get("plan")
+    if plan is not None:
+        if not isinstance(plan, dict):
+            fail("plan", plan, "an object (a plan sidecar's plan section)")
+        digest = plan.get("sha256")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            fail("plan.sha256", digest, "64 lowercase hex digits")
+        if not isinstance(plan.get("tensorrt"), str):
+            fail("plan.tensorrt", plan.get("tensorrt"), "the TensorRT version that built the plan")
+    if data.get("gate") is not None and not isinstance(data["gate"], dict):
+        fail("gate", data["gate"], "subset -> output -> metric -> limit")
+
+
 class Metadata:
     """A validated view of an artifact's metadata dict."""
 
     def __init__(self, data: dict[str, Any], source: str = "artifact"):
-        if not isinstance(data, dict):
-            raise MetadataError(f"{source}: metadata is a {type(data).__name__}; expected a JSON object")
-        missing = [k for k in REQUIRED if k not in data]
-        if missing:
-            raise MetadataError(f"{source}: metadata lacks {missing}; expected the keys {list(REQUIRED)}. "
-                                "Rebuild the artifact with `make engine`.")
-        if data["format"] != FORMAT:
-            raise MetadataError(f"{source}: metadata format {data['format']!r}; this vitrt reads format {FORMAT}. "
-                                "Rebuild the artifact with `make engine`.")
+        validate(data, source)
         self.data = data
         self.source = source
 
@@ -49,7 +126,19 @@ class Metadata:
     def from_onnx(cls, path: str | os.PathLike) -> "Metadata":
         from .onnx_meta import read_metadata_props
 
-        props = read_metadata_props(path)
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise MetadataError(f"{os.fspath(path)!r} cannot be read ({exc.strerror or exc}); expected an ONNX "
+                                "file built by `make engine`") from None
+        if size == 0:
+            raise MetadataError(f"{os.fspath(path)!r} is empty (0 bytes); expected an ONNX file. {REBUILD}")
+        try:
+            props = read_metadata_props(path)
+        except MetadataError:
+            raise
+        except ArtifactError as exc:
+            raise ArtifactError(f"{os.fspath(path)!r}: {exc}. {REBUILD}") from None
         if ONNX_KEY not in props:
             raise MetadataError(
                 f"{os.fspath(path)!r} has no vitrt metadata (metadata_props key {ONNX_KEY!r}); expected an "
@@ -63,7 +152,15 @@ class Metadata:
         if not p.is_file():
             raise MetadataError(f"metadata file {os.fspath(p)!r} is missing; expected it beside the artifact. "
                                 "Rebuild with `make engine`.")
-        return cls(_loads(p.read_text("utf-8"), p), source=os.fspath(p))
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MetadataError(f"{os.fspath(p)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); expected "
+                                f"the JSON sidecar `make engine` writes. {REBUILD}") from None
+        except OSError as exc:
+            raise MetadataError(f"{os.fspath(p)!r} cannot be read ({exc.strerror or exc}); expected the JSON "
+                                "sidecar beside the plan") from None
+        return cls(_loads(text, p), source=os.fspath(p))
 
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2, sort_keys=True)
@@ -104,6 +201,11 @@ class Metadata:
         return int(self.data["batch"]["min"])
 
     @property
+    def opt_batch(self) -> int | None:
+        opt = self.data["batch"].get("opt")
+        return int(opt) if opt is not None else None
+
+    @property
     def max_batch(self) -> int:
         return int(self.data["batch"]["max"])
 
@@ -124,4 +226,5 @@ def _loads(text: str, where: Any) -> dict[str, Any]:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise MetadataError(f"{os.fspath(where)!r}: vitrt metadata is not valid JSON ({exc})") from None
+        raise MetadataError(f"{os.fspath(where)!r}: vitrt metadata is not valid JSON ({exc}); expected the JSON "
+                            f"`make engine` writes. {REBUILD}") from None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -47,12 +49,42 @@ DEFAULT_DATA_CONFIG: dict[str, Any] = {
 }
 
 
+def check_data_config(dc: Any, where: str = "data config") -> dict:
+    """The parts of a timm data config preprocessing uses, each checked; InputError names the bad one."""
+    def bad(key: str, expected: str) -> InputError:
+        value = dc.get(key, "(missing)") if isinstance(dc, dict) else dc
+        return InputError(f"{where} {key}={value!r}; expected {expected}")
+
+    if not isinstance(dc, dict):
+        raise InputError(f"{where} is a {type(dc).__name__}; expected a dict like timm's resolve_data_config()")
+    size = dc.get("input_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size) and size[0] == 3):
+        raise bad("input_size", "[3, H, W] with positive integers")
+    if dc.get("interpolation", "bicubic") not in _INTERPOLATION:
+        raise bad("interpolation", f"one of {sorted(_INTERPOLATION)}")
+    crop_pct = dc.get("crop_pct", 1.0)
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))
+                                 or not 0 < crop_pct <= 1):
+        raise bad("crop_pct", "a number in (0, 1]")
+    if dc.get("crop_mode", "center") != "center":
+        raise bad("crop_mode", "'center'")
+    for key in ("mean", "std"):
+        v = dc.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                and (key == "mean" or all(x > 0 for x in v))):
+            raise bad(key, "3 finite numbers" + (" > 0" if key == "std" else ""))
+    return dc
+
+
 def plan_resize_crop(width: int, height: int, data_config: dict) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """The (resized size, crop box) timm's eval transform uses for a ``width`` x ``height`` image.
 
     Mirrors ``timm.data.transforms_imagenet_eval`` (center crop mode) and torchvision's
     ``_compute_resized_output_size`` / ``center_crop`` integer arithmetic.
     """
+    check_data_config(data_config)
     crop_h, crop_w = (int(v) for v in data_config["input_size"][-2:])
     crop_pct = float(data_config.get("crop_pct") or 1.0)
     mode = data_config.get("crop_mode", "center")
@@ -70,42 +102,85 @@ def plan_resize_crop(width: int, height: int, data_config: dict) -> tuple[tuple[
     return (new_w, new_h), (left, top, left + crop_w, top + crop_h)
 
 
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return f"image file {os.fspath(source)!r}"
+        return f"image file {_short(os.fspath(source))!r}"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"image bytes ({len(source)} bytes)"
     return "image"
 
 
-def _open(source: ImageLike, max_pixels: int) -> Image.Image:
-    """Open and decode ``source`` as timm's loader does, refusing bombs before decoding."""
-    what = _describe(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{what} does not exist (or is not a file); expected a path to an image")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{what} is empty (0 bytes); expected an encoded image (JPEG, PNG, ...)")
-        fp: Any = path
-    else:
-        if len(source) == 0:
-            raise ImageError("image bytes are empty; expected an encoded image (JPEG, PNG, ...)")
-        fp = io.BytesIO(bytes(source))
+#: Pillow's limit is a process-wide setting; vitrt raises it (under this lock) only while it opens an
+#: image for a caller who allowed more pixels, after checking the size itself.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _decode(fp: Any, what: str, max_pixels: int) -> Image.Image:
+    """Open, check the size from the header, and decode. Any failure of the decoder is an ImageError:
+    Pillow and its plugins raise OSError, ValueError, SyntaxError, RuntimeError, struct.error, EOFError
+    and others for bad data, so the decoder's exceptions are caught by where they come from."""
     try:
-        img = Image.open(fp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # vitrt checks the size itself
+            if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+                with _PIL_LIMIT_LOCK:
+                    old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                    try:
+                        img = Image.open(fp)
+                    finally:
+                        Image.MAX_IMAGE_PIXELS = old
+            else:
+                img = Image.open(fp)
     except UnidentifiedImageError:
         raise ImageError(f"{what} is not an image Pillow can read; expected JPEG, PNG, WebP, BMP, TIFF, ...") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{what} refused as a decompression bomb ({exc}); limit is {max_pixels} pixels") from None
-    except OSError as exc:
-        raise ImageError(f"{what} could not be read: {exc}") from None
+        raise ImageError(f"{what} refused as a decompression bomb ({exc}); expected at most {max_pixels} pixels "
+                         "(max_pixels)") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # the decoder failed on this data: see the docstring
+        raise ImageError(f"{what} could not be read ({type(exc).__name__}: {exc}); expected a valid image file") from None
     _check_pixels(img.size, max_pixels, what)
     try:
         img.load()
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        raise ImageError(f"{what} is corrupt or truncated ({exc}); expected a complete encoded image") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # truncated or corrupt data, whatever the plugin raises for it
+        raise ImageError(f"{what} is corrupt or truncated ({type(exc).__name__}: {exc}); expected a complete "
+                         "encoded image") from None
     return img
+
+
+def _open(source: ImageLike, max_pixels: int) -> Image.Image:
+    """Open and decode ``source`` as timm's loader does, refusing bombs before decoding. A file is
+    closed before this returns or raises (Pillow keeps no handle after ``load()``)."""
+    what = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            is_file = path.is_file()
+            size = path.stat().st_size if is_file else None
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte: not a path at all
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ImageError(f"{what} is not a usable path ({reason}); expected a path to an image file "
+                             "(pass encoded image data as bytes, not str)") from None
+        if not is_file:
+            raise ImageError(f"{what} does not exist (or is not a file); expected a path to an image")
+        if size == 0:
+            raise ImageError(f"{what} is empty (0 bytes); expected an encoded image (JPEG, PNG, ...)")
+        try:
+            with open(path, "rb") as f:
+                return _decode(f, what, max_pixels)
+        except OSError as exc:  # unreadable: permissions, a folder, I/O errors
+            raise ImageError(f"{what} could not be opened ({exc.strerror or exc}); expected a readable "
+                             "image file") from None
+    if len(source) == 0:
+        raise ImageError("image bytes are empty; expected an encoded image (JPEG, PNG, ...)")
+    return _decode(io.BytesIO(bytes(source)), what, max_pixels)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
@@ -114,13 +189,20 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
         raise ImageError(f"{what} has size {w}x{h}; expected at least 1x1 pixels")
     if w * h > max_pixels:
         raise ImageError(
-            f"{what} is {w}x{h} = {w * h} pixels, refused as a possible decompression bomb "
-            f"(limit {max_pixels} pixels; raise max_pixels to allow it)"
+            f"{what} is {w}x{h} = {w * h} pixels, refused as a possible decompression bomb; expected at "
+            f"most {max_pixels} pixels (limit {max_pixels}; raise max_pixels to allow it)"
         )
+
+
+def check_max_pixels(max_pixels: Any) -> int:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise InputError(f"max_pixels={max_pixels!r}; expected a positive integer (default {DEFAULT_MAX_PIXELS})")
+    return int(max_pixels)
 
 
 def to_pil(source: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Any accepted image type -> an RGB PIL image, converted the way timm's loader converts."""
+    max_pixels = check_max_pixels(max_pixels)
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8:
             raise InputError(f"image array has dtype {source.dtype}; expected uint8 (HxWx3 RGB)")
@@ -131,6 +213,13 @@ def to_pil(source: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if isinstance(source, Image.Image):
         img = source
         _check_pixels(img.size, max_pixels, "PIL image")
+        try:
+            img.load()  # a closed image, or a lazy one over a truncated file, fails here
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise ImageError(f"PIL image could not be loaded ({type(exc).__name__}: {exc}); expected an open, "
+                             "complete image") from None
     elif isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
         img = _open(source, max_pixels)
     else:
@@ -141,7 +230,9 @@ def to_pil(source: ImageLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     if img.mode != "RGB":
         try:
             img = img.convert("RGB")
-        except (ValueError, OSError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:
             raise ImageError(f"{_describe(source)} has mode {img.mode!r} that cannot be converted to RGB ({exc})") from None
     return img
 
@@ -153,7 +244,7 @@ def resize_center_crop(img: Image.Image, data_config: dict = DEFAULT_DATA_CONFIG
     if new_w * new_h > max_pixels:
         raise ImageError(
             f"image {img.width}x{img.height} has an aspect ratio too extreme: its resize to "
-            f"{new_w}x{new_h} would need {new_w * new_h} pixels (limit {max_pixels})"
+            f"{new_w}x{new_h} would need {new_w * new_h} pixels; expected at most {max_pixels} (max_pixels)"
         )
     interp = data_config.get("interpolation", "bicubic")
     if interp not in _INTERPOLATION:

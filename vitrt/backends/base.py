@@ -6,23 +6,39 @@ import abc
 
 import numpy as np
 
+from ..errors import BackendError
+
 
 class Backend(abc.ABC):
     """Runs an artifact: name -> array dict in, name -> array dict out.
 
     Inputs are checked by :class:`vitrt.Engine` before they get here; a backend only sees batches
-    within the artifact's batch range, with the right dtype and shape.
+    within the artifact's batch range, with the right dtype and shape. :meth:`run` refuses a closed
+    backend; subclasses implement :meth:`_run` and :meth:`_close`.
     """
 
-    #: short name for reports, e.g. "onnxruntime[CPUExecutionProvider]" or "tensorrt"
+    #: short name for reports, e.g. "onnxruntime[CPUExecutionProvider]" or "tensorrt[NVIDIA H100 ...]"
     name: str = "backend"
+    closed: bool = False
 
-    @abc.abstractmethod
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch; returns every output as a host numpy array the caller owns."""
+        if self.closed:
+            raise BackendError("this engine is closed; expected an open one: create a new vitrt.Engine")
+        return self._run(feed)
+
+    @abc.abstractmethod
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The backend's own run."""
 
     def close(self) -> None:
         """Free the session and its memory. Safe to call twice."""
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def _close(self) -> None:
+        pass
 
     def __enter__(self):
         return self

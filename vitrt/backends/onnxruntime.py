@@ -1,61 +1,115 @@
-"""ONNX Runtime backend: TensorRT EP, then CUDA EP, then CPU, or the providers you pass."""
+"""ONNX Runtime backend: TensorRT EP, then CUDA EP, then CPU, or the providers you pass.
+
+The session's real inputs and outputs are compared with the artifact's metadata when it loads: the
+graph is the truth, and metadata that contradicts it is refused (ArtifactError), so that a wrong
+input shape is never blamed on the caller's image later.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendError
 from ..cuda import gpu_count
+from ..errors import ArtifactError, BackendError, InputError
+from ..metadata import Metadata
 from .base import Backend
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = PREFERENCE[:2]
+_ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendError("onnxruntime is not installed; expected `pip install 'vitrt[cpu]'` "
+                           "(or onnxruntime-gpu) to run .onnx artifacts") from None
+    return ort
 
 
 def default_providers() -> list[str]:
     """The best providers present: GPU ones only when a GPU is there (ORT lists them regardless)."""
-    import onnxruntime as ort
-
-    available = set(ort.get_available_providers())
+    available = set(_ort().get_available_providers())
     have_gpu = gpu_count() > 0
     return [p for p in PREFERENCE if p in available and (have_gpu or p not in GPU_PROVIDERS)]
 
 
+def check_providers(providers: Any) -> list:
+    """``providers`` as ONNX Runtime takes them: names, or (name, options) pairs; a single name is one
+    provider. Unknown names, and GPU providers without a GPU, are errors (ORT would fall back to the
+    CPU with a banner on stdout)."""
+    if isinstance(providers, str):
+        providers = [providers]
+    if not isinstance(providers, (list, tuple)) or not providers:
+        raise InputError(f"providers={providers!r}; expected a list of ONNX Runtime provider names")
+    available = _ort().get_available_providers()
+    names = []
+    for p in providers:
+        name = p[0] if isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[1], dict) else p
+        if not isinstance(name, str):
+            raise InputError(f"provider {p!r}; expected a name or a (name, options dict) pair")
+        names.append(name)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise BackendError(f"providers {unknown} are not in this onnxruntime; expected some of {available}")
+    if gpu_count() == 0 and any(n in GPU_PROVIDERS for n in names):
+        raise BackendError(f"providers {[n for n in names if n in GPU_PROVIDERS]} need an NVIDIA GPU and "
+                           "cudaGetDeviceCount reports none; expected CPUExecutionProvider here")
+    return list(providers)
+
+
+def check_graph(session, meta: Metadata, path: str) -> None:
+    """The session's inputs and outputs must be what the metadata says (names, dtypes, shapes)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    got_in = [(i.name, _ORT_TYPES.get(i.type, i.type), [d if isinstance(d, int) else "N" for d in i.shape])
+              for i in inputs]
+    want_in = [(meta.input_name, meta.input_dtype, ["N", *meta.item_shape])]
+    got_out = {o.name: (_ORT_TYPES.get(o.type, o.type), [d if isinstance(d, int) else "N" for d in o.shape][1:])
+               for o in outputs}
+    want_out = {n: (s["dtype"], list(s["shape"][1:])) for n, s in meta.data["outputs"].items()}
+    if got_in != want_in or got_out != want_out:
+        raise ArtifactError(f"{path}: the graph's I/O is inputs {got_in}, outputs {got_out}; its metadata says "
+                            f"inputs {want_in}, outputs {want_out}. The graph is the truth: expected metadata "
+                            "that matches it; rebuild the artifact with `make engine`")
+
+
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, path: str | os.PathLike, providers: Sequence | None = None,
+    def __init__(self, path: str | os.PathLike, metadata: Metadata, providers: Sequence | None = None,
                  threads: int | None = None, session_config: dict[str, str] | None = None):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendError("onnxruntime is not installed; expected `pip install 'vitrt[cpu]'` "
-                               "(or onnxruntime-gpu) to run .onnx artifacts") from None
+        ort = _ort()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
-        for key, value in (session_config or {}).items():
+        config = dict(session_config or {})
+        if metadata.precision == "fp8":
+            # ORT's CPU optimizer rewrites FP8 Q/DQ pairs into an invalid graph (shared/TOOLCHAIN-NOTES.md)
+            config.setdefault("session.disable_quant_qdq", "1")
+        for key, value in config.items():
             opts.add_session_config_entry(key, value)
-        chosen = list(providers) if providers else default_providers()
+        chosen = check_providers(providers) if providers else default_providers()
         try:
             self.session = ort.InferenceSession(os.fspath(path), opts, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise ArtifactError(f"ONNX Runtime could not load {os.fspath(path)!r}: {exc}") from None
+        check_graph(self.session, metadata, os.fspath(path))
         self.providers = self.session.get_providers()
         self.name = f"onnxruntime[{self.providers[0]}]"
         self._outputs = [o.name for o in self.session.get_outputs()]
 
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.session
         if session is None:
-            raise BackendError("this engine is closed; create a new vitrt.Engine")
+            raise BackendError("this engine is closed; expected an open one: create a new vitrt.Engine")
         try:
             values = session.run(self._outputs, feed)  # ORT sessions are thread-safe for run()
         except Exception as exc:
             raise BackendError(f"ONNX Runtime failed: {exc}") from None
         return dict(zip(self._outputs, values))
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.session = None

@@ -70,6 +70,16 @@ def tensor_specs(engine: Any, trt: Any, max_batch: int) -> list[TensorSpec]:
     return specs
 
 
+def check_specs(specs: list[TensorSpec], meta: Metadata, plan: Path) -> None:
+    """The engine's tensors must be what the sidecar says (names, dtypes, shapes without the batch)."""
+    got = {s.name: (s.is_input, str(s.dtype), list(s.item_shape)) for s in specs}
+    want = {meta.input_name: (True, meta.input_dtype, list(meta.item_shape))}
+    want.update({n: (False, o["dtype"], list(o["shape"][1:])) for n, o in meta.data["outputs"].items()})
+    if got != want:
+        raise ArtifactError(f"{plan}: the engine's tensors are {got}; its sidecar says {want}. The engine is the "
+                            f"truth: expected a sidecar that matches it. {REBUILD}")
+
+
 FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # sidecar's flavour -> Python module
 HOW_TO_GET = {"tensorrt": "`pip install 'vitrt[tensorrt]'` (full TensorRT, from NVIDIA's index)",
               "tensorrt-rtx": "`pip install tensorrt-rtx-cu13` (TensorRT-RTX)"}
@@ -158,7 +168,7 @@ class TensorRTBackend(Backend):
     def __init__(self, path: str | os.PathLike, metadata: Metadata, device: int = 0, cuda_graphs: bool = True):
         self.path = Path(path)
         self.device = int(device)
-        self._closed = True
+        self.closed = True  # until everything is allocated: close() then frees nothing
         self._lock = threading.Lock()
         n = gpu_count()  # before TensorRT: without a GPU, deserializing a plan crashes the process
         if n == 0:
@@ -188,6 +198,7 @@ class TensorRTBackend(Backend):
             raise ArtifactError(f"TensorRT could not deserialize {self.path} (corrupt or incompatible plan). {REBUILD}")
         self.max_batch = metadata.max_batch
         self.specs = tensor_specs(self.engine, trt, self.max_batch)
+        check_specs(self.specs, metadata, self.path)
         self.runtime_cache = self.cache_path = None
         if self.flavour == "tensorrt-rtx":
             self.context = self._rtx_context(bool(cuda_graphs), info["sha256"])
@@ -207,7 +218,7 @@ class TensorRTBackend(Backend):
         self.graphs: dict[int, Any] = {}
         self._seen: set[int] = set()
         self.name = f"{self.flavour}[{props['name']}]"
-        self._closed = False
+        self.closed = False
 
     def _rtx_context(self, cuda_graphs: bool, sha256: str):
         """TensorRT-RTX: a runtime config with the JIT runtime cache (loaded from beside the plan when
@@ -241,10 +252,10 @@ class TensorRTBackend(Backend):
         if not self.context.execute_async_v3(stream.handle):
             raise BackendError("TensorRT execute_async_v3 returned False (see the TensorRT log above)")
 
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
-            if self._closed:
-                raise BackendError("this engine is closed; create a new vitrt.Engine")
+            if self.closed:  # closed by another thread while this one waited for the lock
+                raise BackendError("this engine is closed; expected an open one: create a new vitrt.Engine")
             cuda = self.cuda
             cuda.set_device(self.device)  # per thread
             batch = None
@@ -286,11 +297,8 @@ class TensorRTBackend(Backend):
         except BackendError:
             self.use_graphs = False
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             self.save_runtime_cache()
             for g in self.graphs.values():
                 g.close()

@@ -1,0 +1,79 @@
+"""The parity gate's metrics over several random-init seeds: where the INT8/FP8 limits come from.
+
+For each seed: the fp32 export, then the int8 and fp8 variants (builtin calibration, max), each
+compared with PyTorch FP32 on the gate's image set; failures are recorded, not fatal. Writes
+reports/gate_spread.{json,md}: per precision, subset, output and metric, the value of every seed
+and the worst. The limits in export/gate.py cite this report's numbers.
+
+    python -m benchmarks.gate_spread --seeds 0,1,2,3,99              # the full ViT-B/16-384 (~4 min a seed)
+    python -m benchmarks.gate_spread --small --seeds 0,1,2,3,4,5,6,7  # the 2-block test ViT (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .common import REPORTS, markdown_table, write_reports
+
+METRICS = ("cosine_min", "cosine_mean")
+
+
+def run(seeds: list[int], work: Path, small: bool, precisions=("int8", "fp8"), log=print) -> dict:
+    from export.build import BuildOptions, build
+    from vitrt.artifacts import parity_path
+
+    kwargs = {"depth": 2, "embed_dim": 64, "num_heads": 2} if small else None
+    rows: dict[str, dict] = {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        out = work / f"seed{seed}"
+        built = build(BuildOptions(weights="random", seed=seed, model_kwargs=kwargs, output_dir=out, name="m",
+                                   precision=",".join(precisions), calib_dir="builtin", plan="no",
+                                   allow_parity_failure=True, gate=[]), log=lambda m: None)
+        for precision in precisions:
+            path = built[precision]
+            report = json.loads((parity_path(path) if parity_path(path).is_file()
+                                 else parity_path(path, failed=True)).read_text())
+            rows.setdefault(precision, {})[str(seed)] = {
+                subset: {o: {m: report["metrics"][subset][o][m] for m in METRICS} for o in ("logits", "embedding")}
+                for subset in report["metrics"]}
+        log(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
+    return {"model": "small test ViT (depth 2, width 64)" if small else "vit_base_patch16_384 (random init)",
+            "calibration": "builtin (32 images), max", "seeds": seeds, "values": rows}
+
+
+def to_markdown(data: dict) -> str:
+    header = ["precision", "subset", "output", "metric"] + [f"seed {s}" for s in data["seeds"]] + ["worst"]
+    table = []
+    for precision, by_seed in data["values"].items():
+        first = next(iter(by_seed.values()))
+        for subset, outs in first.items():
+            for output in outs:
+                for metric in METRICS:
+                    vals = [by_seed[str(s)][subset][output][metric] for s in data["seeds"]]
+                    table.append([precision, subset, output, metric] + [f"{v:.4f}" for v in vals] + [f"{min(vals):.4f}"])
+    return f"Gate metrics over seeds: {data['model']}, calibration {data['calibration']}\n\n" + markdown_table(
+        header, table, "llll" + "r" * (len(header) - 4))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2,3,99", help="random-init seeds (default: %(default)s)")
+    p.add_argument("--small", action="store_true", help="the 2-block test ViT instead of ViT-B/16-384 (default: off)")
+    p.add_argument("--work", type=Path, default=Path("reports/gate_spread_work"),
+                   help="where the per-seed builds go (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    data = run(seeds, args.work, args.small)
+    md = to_markdown(data)
+    write_reports("gate_spread_small" if args.small else "gate_spread", data, md, folder=args.out)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
