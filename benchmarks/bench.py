@@ -144,7 +144,8 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> 
 
 
 def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, batches: list[int] | None = None,
-        seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True) -> dict:
+        seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True,
+        only: list[str] | None = None) -> dict:
     import torch
 
     from vitrt.errors import ArtifactError
@@ -159,6 +160,12 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     artifacts = find_artifacts(artifacts_dir)
+    if only:
+        missing = [n for n in only if n not in {p.name for p in artifacts}]
+        if missing:
+            raise ArtifactError(f"--only names {missing}, not in {artifacts_dir}; expected some of "
+                                f"{[p.name for p in artifacts]}")
+        artifacts = [p for p in artifacts if p.name in only]
     if not any(p.suffix == ".onnx" for p in artifacts):
         raise ArtifactError(f"no vitrt artifacts in {artifacts_dir}; build them with `make engine`")
     runners = peers(artifacts, threads, include_compile)
@@ -267,13 +274,15 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per point (default: 0 quick, 10 full)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer (default: include)")
+    p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="FILES",
+                   help="comma-separated artifact file names to time (default: every artifact found)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
     args = p.parse_args(argv)
     from vitrt.errors import VitrtError
 
     try:
         run(args.artifacts, quick=not args.full, threads=args.threads, batches=args.batches, seconds=args.seconds,
-            include_compile=args.compile, out=args.out)
+            include_compile=args.compile, out=args.out, only=args.only)
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

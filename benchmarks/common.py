@@ -21,7 +21,7 @@ def find_artifacts(folder: Path, with_plans: bool | None = None) -> list[Path]:
 
     if with_plans is None:
         with_plans = gpu_count() > 0
-    order = {"fp32": 0, "fp16": 1, "int8": 2, "fp8": 3}
+    order = {"fp32": 0, "int8-cpu": 1, "fp16": 2, "int8": 3, "fp8": 4}
     found = []
     for p in sorted(Path(folder).glob("*.onnx")) + (sorted(Path(folder).glob("*.plan")) if with_plans else []):
         try:

@@ -19,10 +19,11 @@ from vitrt.errors import BuildError, VitrtError
 from vitrt.metadata import Metadata, sha256_file
 
 from . import defaults as D
-from .precision import FP16_RANGE_IMAGES
+from .precision import CPU_PRECISIONS, FP16_RANGE_IMAGES
 from .publish import publish, up_to_date
 
-PRECISION_CHOICES = ("fp32", "fp16", "int8", "fp8", "all")
+PRECISION_CHOICES = ("fp32", "fp16", "int8", "fp8", "int8-cpu", "all")
+VARIANTS = ("fp16", "int8", "fp8", "int8-cpu")  # in build order; "all" is every one
 
 
 @dataclasses.dataclass
@@ -86,8 +87,8 @@ class BuildOptions:
             raise BuildError(f"PRECISION={self.precision!r}; expected one of {', '.join(PRECISION_CHOICES)} "
                              "or a comma-separated list")
         if "all" in asked:
-            return ["fp16", "int8", "fp8"]
-        return [p for p in ("fp16", "int8", "fp8") if p in asked]
+            return list(VARIANTS)
+        return [p for p in VARIANTS if p in asked]
 
 
 def _onnx_recipe(path: Path) -> dict | None:
@@ -182,7 +183,7 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
 
     precisions = opts.precisions
     gate.parse_gate_overrides(opts.gate)  # a typo fails now, not after the export
-    quantized = [p for p in precisions if p in ("int8", "fp8")]
+    quantized = [p for p in precisions if p != "fp16"]
     if quantized and not (opts.calib_dir and str(opts.calib_dir).strip()):
         load_calibration(None)  # raises the error that says what to pass, before any heavy work
     if opts.plan not in ("auto", "yes", "no"):
@@ -214,8 +215,24 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
     for precision in precisions:
         built[precision] = _build_variant(ctx, precision, calib, calib_prov, fp32_sha, ref_meta, log)
     if opts.plan != "no":
-        built.update(_build_plans(ctx, built, precisions or ["fp32"], log))
+        gpu_precisions = [p for p in precisions if p not in CPU_PRECISIONS]
+        built.update(_build_plans(ctx, built, gpu_precisions or ["fp32"], log))
+    _say_what_serves_here(built, log)
     return built
+
+
+def _say_what_serves_here(built: dict[str, Path], log: Callable[[str], None]) -> None:
+    """Without an NVIDIA GPU: which artifact is the fast one on this machine (docs/benchmarks.md)."""
+    from vitrt.cuda import gpu_count
+
+    if gpu_count():
+        return
+    if "int8-cpu" in built:
+        log(f"On this machine (no NVIDIA GPU) serve {built['int8-cpu']}: the INT8 variant made for ONNX Runtime's "
+            "CPU provider, the fastest here (`make bench` measures it beside the others).")
+    else:
+        log(f"On this machine (no NVIDIA GPU) serve {built['fp32']} on ONNX Runtime's CPU provider; "
+            "`make engine PRECISION=int8-cpu CALIB_DIR=...` makes the faster INT8 CPU variant.")
 
 
 def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_sha: str, ref_meta: dict,
@@ -233,9 +250,9 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     used = calib if quantized else calib[:opts.fp16_range_images]
     wanted = {"format": FORMAT, "precision": precision, "source_sha256": fp32_sha,
               "calibration_sha256": hashlib.sha256(used.tobytes()).hexdigest(),
-              "method": opts.calib_method if quantized else None,
+              "method": opts.calib_method if precision in ("int8", "fp8") else "minmax" if quantized else None,
               "keep_fp32_ops": None if quantized else sorted(opts.fp16_keep_fp32),
-              "calibration_eps": list(opts.calibration_eps) if quantized else None,
+              "calibration_eps": list(opts.calibration_eps) if precision in ("int8", "fp8") else None,
               "op_types": opts.quantize_op_types if quantized else None,
               "quantize_attention": opts.quantize_attention if quantized else None}
     if not opts.force and up_to_date(path, wanted, _onnx_recipe):

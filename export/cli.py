@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest batch the runtime sends at once; larger ones are split (default: %(default)s)")
     g = p.add_argument_group("precision (see README: FP16 everywhere, INT8 on Ampere+, FP8 on Hopper+)")
     g.add_argument("--precision", default=D.PRECISION, metavar="P",
-                   help="variants to make besides the fp32 graph: fp32 (none), fp16, int8, fp8, all, or a "
-                        "comma-separated list (default: %(default)s)")
+                   help="variants to make besides the fp32 graph: fp32 (none), fp16, int8, fp8 (for TensorRT), "
+                        "int8-cpu (for ONNX Runtime's CPU provider), all, or a comma-separated list (default: %(default)s)")
     g.add_argument("--calib-dir", default=None, metavar="DIR",
                    help="calibration images for int8/fp8 (500+ recommended), or 'builtin' for scikit-image's "
                         "photos (smoke tests); fp16's range check uses the first, builtin when not given (default: none)")

@@ -25,7 +25,10 @@ import numpy as np
 
 from vitrt.errors import BuildError
 
-PRECISIONS = ("fp16", "int8", "fp8")
+PRECISIONS = ("fp16", "int8", "fp8", "int8-cpu")
+#: The variant made for ONNX Runtime's CPU provider rather than for TensorRT (no plan is built from
+#: it; export/ort_quantize.py makes it).
+CPU_PRECISIONS = ("int8-cpu",)
 CALIBRATION_METHODS = ("max", "entropy")
 #: Images AutoCast runs to find FP16 range overflows. It keeps every intermediate tensor of every
 #: image: measured peak 5.6 GB with 1 image, 9.8 GB with 2, 14.0 GB with 4 for ViT-B/16-384. One image
@@ -99,6 +102,27 @@ def _quantize(mode: str, src: Path, calib: np.ndarray, workdir: Path, method: st
     return onnx.load(os.fspath(out)), options
 
 
+def _quantize_cpu(src: Path, calib: np.ndarray, workdir: Path, op_types: list[str] | None, fuse: bool,
+                  quantize_attention: bool = False):
+    """int8-cpu, in a fresh interpreter: ModelOpt patches ONNX Runtime's quantizer when it is imported
+    (modelopt/onnx/quantization/ort_patching.py), and ORT's own static quantization then fails in the
+    same process. See export/ort_quantize.py for what runs there."""
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    np.save(workdir / "calib.npy", calib)
+    out, info = workdir / "int8_cpu.onnx", workdir / "int8_cpu.json"
+    cmd = [sys.executable, "-m", "export.ort_quantize", os.fspath(src), os.fspath(out), os.fspath(workdir / "calib.npy"),
+           os.fspath(info), json.dumps({"op_types": op_types, "fuse": fuse, "quantize_attention": quantize_attention})]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        raise BuildError(f"ONNX Runtime's quantizer failed (exit {proc.returncode}); see its messages above")
+    return onnx.load(os.fspath(out)), json.loads(info.read_text())
+
+
 def summarize(model) -> dict[str, Any]:
     """What the precision pass did: Q/DQ pairs, quantized op types, node dtypes, I/O types."""
     import onnx
@@ -149,7 +173,10 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
         shutil.copyfile(fp32_path, src)
         _publish.on_event("scratch", workdir)
         try:
-            if precision == "fp16":
+            if precision in CPU_PRECISIONS:
+                model, options = _quantize_cpu(src, calib, workdir, op_types, fuse=True,
+                                               quantize_attention=quantize_attention)
+            elif precision == "fp16":
                 model, options = _fp16(src, calib, workdir, list(keep_fp32_ops or []))
             else:
                 model, options = _quantize(precision, src, calib, workdir, method, op_types, quantize_attention,
@@ -169,6 +196,7 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     meta = dict(metadata)
     meta["precision"] = precision
     meta["precision_pass"] = {**options, **summary, "seconds": round(time.perf_counter() - t0, 1)}
+    method = "minmax" if precision in CPU_PRECISIONS else method
     meta["calibration"] = {**(calib_provenance or {}), "method": method if precision != "fp16" else None,
                            "used": int(len(calib)),
                            "use": "AutoCast FP16 range check" if precision == "fp16" else f"{precision} Q/DQ ranges"}

@@ -105,14 +105,14 @@ def small_artifacts(tmp_path_factory):
     from export.build import BuildOptions, build
 
     out = tmp_path_factory.mktemp("bench_artifacts")
-    build(BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, precision="fp16"),
-          log=lambda m: None)
+    build(BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, precision="fp16,int8-cpu",
+                       calib_dir="builtin", plan="no"), log=lambda m: None)
     return out
 
 
 def test_parity_end_to_end(small_artifacts, tmp_path):
     res = parity.run(small_artifacts, out=tmp_path, synthetic=4, progress=False)
-    assert set(res["candidates"]) == {"b16_384.onnx", "b16_384_fp16.onnx"}
+    assert set(res["candidates"]) == {"b16_384.onnx", "b16_384_fp16.onnx", "b16_384_int8_cpu.onnx"}
     fp32 = res["candidates"]["b16_384.onnx"]["metrics"]
     assert fp32["embedding"]["cosine_min"] > 0.99999 and fp32["logits"]["top1_agree"] == 1.0
     data = json.loads((tmp_path / "parity.json").read_text())
@@ -122,10 +122,11 @@ def test_parity_end_to_end(small_artifacts, tmp_path):
 
 
 def test_bench_end_to_end(small_artifacts, tmp_path):
-    res = bench.run(small_artifacts, quick=True, threads=2, batches=[1, 2], out=tmp_path, progress=False)
+    res = bench.run(small_artifacts, quick=True, threads=2, batches=[1, 2], out=tmp_path, progress=False,
+                    only=["b16_384.onnx", "b16_384_int8_cpu.onnx"])
     names = list(res["results"]["model"])
     assert names[:3] == ["PyTorch eager FP32", "PyTorch bf16 autocast", "torch.compile FP32"]
-    assert any(n.startswith("b16_384_fp16.onnx (onnxruntime") for n in names)
+    assert [n.split(" (")[0] for n in names[3:]] == ["b16_384.onnx", "b16_384_int8_cpu.onnx"]  # --only, fp32 first
     for mode in ("model", "e2e"):
         for name, per_batch in res["results"][mode].items():
             assert set(per_batch) == {"1", "2"}

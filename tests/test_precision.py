@@ -36,8 +36,10 @@ def _types(model) -> dict[str, int]:
 
 def test_builds_all_and_logs(variants):
     paths, logs = variants
-    assert {"fp32", "fp16", "int8", "fp8"} <= set(paths) and all(k.startswith("plan_") for k in set(paths) - {
-        "fp32", "fp16", "int8", "fp8"})  # plans: tests/test_tensorrt_build.py
+    assert {"fp32", "fp16", "int8", "fp8", "int8-cpu"} <= set(paths) and all(k.startswith("plan_") for k in set(paths) - {
+        "fp32", "fp16", "int8", "fp8", "int8-cpu"})  # plans: tests/test_tensorrt_build.py
+    assert "plan_int8-cpu" not in paths and paths["int8-cpu"].name == "m_int8_cpu.onnx"
+    assert any(m.startswith("On this machine (no NVIDIA GPU) serve") and "m_int8_cpu.onnx" in m for m in logs)
     assert all(p.is_file() and p.with_name(p.name + ".parity.json").is_file() for p in paths.values())
     assert any("TensorRT recommends at least 500" in m for m in logs)  # builtin set has 32 images
 
@@ -159,6 +161,37 @@ def test_per_channel_weight_scales(variants):
             assert scale.ndim == 1 and scale.size == w.shape[axis] > 1, (precision, q.name)
 
 
+def test_int8_cpu_graph(variants, photos):
+    """ONNX Runtime's QDQ: per-channel symmetric int8 weights and uint8 activations on the 4 Linear
+    MatMuls per block and the head Gemm; attention MatMuls, LayerNorm, Softmax stay FP32; the contract
+    (uint8 image in, float32 out) holds; the metadata names the tool and the calibration."""
+    path = variants[0]["int8-cpu"]
+    model = onnx.load(path)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+    def dq(name):
+        n = producers.get(name)
+        return n if n is not None and n.op_type == "DequantizeLinear" else None
+
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    quantized = [n for n in matmuls if dq(n.input[0]) and dq(n.input[1])]
+    assert len(quantized) == 4 * SMALL_KWARGS["depth"] + 1 and len(matmuls) == len(quantized) + 2 * SMALL_KWARGS["depth"]
+    for n in quantized:
+        act, weight = dq(n.input[0]), dq(n.input[1])
+        assert inits[act.input[2]].dtype == np.uint8  # asymmetric uint8 activations
+        assert inits[weight.input[2]].dtype == np.int8 and not inits[weight.input[2]].any()  # symmetric weights
+        assert inits[weight.input[1]].ndim == 1 and inits[weight.input[1]].size > 1  # per channel
+    types = _types(model)
+    assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == types["embedding"] == onnx.TensorProto.FLOAT
+    meta = Metadata.from_onnx(path).data
+    assert meta["precision"] == "int8-cpu" and meta["calibration"]["method"] == "minmax"
+    assert meta["precision_pass"]["tool"] == "onnxruntime.quantization.quantize_static"
+    assert meta["precision_pass"]["excluded_nodes"] == 2 * SMALL_KWARGS["depth"]
+    with vitrt.Engine(path) as e:
+        assert e.embed(photos[0]).shape == (SMALL_KWARGS["embed_dim"],)
+
+
 def test_fp8_graph_and_runtime(variants, photos):
     path = variants[0]["fp8"]
     model = onnx.load(path)
@@ -170,7 +203,7 @@ def test_fp8_graph_and_runtime(variants, photos):
         assert len(e.predict(photos[0])) == 5 and e.embed(photos[0]).shape == (SMALL_KWARGS["embed_dim"],)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8", "fp8"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "fp8", "int8-cpu"])
 def test_variants_share_api_and_agree(variants, precision, photos):
     with vitrt.Engine(variants[0]["fp32"]) as ref, vitrt.Engine(variants[0][precision]) as e:
         assert e.metadata.precision == precision

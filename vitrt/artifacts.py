@@ -2,6 +2,7 @@
 
     artifacts/b16_384.onnx                  fp32 ONNX (the source of every variant)
     artifacts/b16_384_fp16.onnx             precision variants: NAME_<precision>.onnx
+    artifacts/b16_384_int8_cpu.onnx         the INT8 variant made for ONNX Runtime's CPU provider
     artifacts/b16_384.plan                  TensorRT plan of the fp16 variant (the default plan)
     artifacts/b16_384_int8.plan             other plans say their precision
     artifacts/b16_384.plan.json             a plan's sidecar metadata
@@ -16,14 +17,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8", "int8-cpu")
 #: The precision whose plan is NAME.plan (the others are NAME_<precision>.plan).
 DEFAULT_PLAN_PRECISION = "fp16"
 
 
 def onnx_path(folder: str | os.PathLike, name: str, precision: str) -> Path:
     """NAME.onnx for fp32 (every variant's source), NAME_<precision>.onnx otherwise."""
-    return Path(folder) / (f"{name}.onnx" if precision == "fp32" else f"{name}_{precision}.onnx")
+    return Path(folder) / (f"{name}.onnx" if precision == "fp32" else f"{name}_{precision.replace('-', '_')}.onnx")
 
 
 def plan_path(folder: str | os.PathLike, name: str, precision: str) -> Path:

@@ -67,6 +67,8 @@ def validate(data: Any, source: str) -> None:
         raise MetadataError(f"{source}: metadata {exc}. {REBUILD}") from None
     if data.get("labels") is not None and not isinstance(data["labels"], str):
         fail("labels", data["labels"], "a label set name (imagenet-1k) or null")
+    if data.get("labels") == "imagenet-1k" and model["num_classes"] != 1000:
+        fail("labels", data["labels"], f"null for a {model['num_classes']}-class model (imagenet-1k has 1000)")
     if not isinstance(data["weights"], dict):
         fail("weights", data["weights"], "an object (source, sha256, ...)")
     if data["precision"] not in PRECISIONS:

@@ -1,0 +1,78 @@
+"""int8-cpu's quantization, run by export/precision.py in a fresh interpreter (ModelOpt patches ONNX
+Runtime's quantizer when it is imported; this process never imports ModelOpt).
+
+    python -m export.ort_quantize SRC.onnx OUT.onnx CALIB.npy INFO.json '{"op_types": null, "fuse": true, ...}'
+
+ONNX Runtime's own static quantization (QDQ) after its pre-processing pass and, with ``fuse``, its
+transformer fusions (GELU -> BiasGelu; LayerNormalization is one op already). The attention MatMuls
+(both inputs are activations) stay FP32 unless ``quantize_attention``: quantizing them dropped the
+small test ViT's photo cosine from 0.9997 to 0.67. INFO.json receives what was done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+#: What ONNX Runtime's static quantizer is told (docs/precision.md has the measurements): QDQ format,
+#: MatMul and Gemm only (every op type: cosine 0.63), per-channel symmetric int8 weights, asymmetric
+#: uint8 activations (the u8s8 kernels of its CPU provider), MinMax calibration.
+CPU_QUANT = {"op_types": ["MatMul", "Gemm"], "per_channel": True, "activation": "QUInt8", "weight": "QInt8",
+             "calibration": "MinMax"}
+
+
+def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None = None, fuse: bool = True,
+             quantize_attention: bool = False) -> dict:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .precision import _ProgressReader
+
+    work = out.parent
+    pre = work / "pre.onnx"
+    quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+    fused = None
+    if fuse:
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        options = FusionOptions("vit")
+        options.enable_attention = False  # timm's exportable attention does not match ORT's patterns
+        optimized = optimize_model(os.fspath(pre), model_type="vit", num_heads=0, hidden_size=0,
+                                   optimization_options=options, opt_level=0)
+        fused = dict(Counter(n.op_type for n in optimized.model.graph.node
+                             if n.op_type in ("BiasGelu", "Gelu", "FastGelu", "SkipLayerNormalization")))
+        pre = work / "fused.onnx"
+        optimized.save_model_to_file(os.fspath(pre))
+    graph = onnx.load(os.fspath(pre), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    attention = [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
+    q = CPU_QUANT
+    quantize_static(os.fspath(pre), os.fspath(out), _ProgressReader(calib, "image", "calibrating int8-cpu (MinMax)"),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types or q["op_types"],
+                    per_channel=q["per_channel"], activation_type=getattr(QuantType, q["activation"]),
+                    weight_type=getattr(QuantType, q["weight"]),
+                    calibrate_method=getattr(CalibrationMethod, q["calibration"]),
+                    nodes_to_exclude=[] if quantize_attention else attention,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", **q,
+            "op_types": op_types or q["op_types"], "pre_process": "quant_pre_process", "fusions": fused,
+            "attention_matmuls_quantized": bool(quantize_attention),
+            "excluded_nodes": 0 if quantize_attention else len(attention)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    src, out, calib, info, opts = argv if argv is not None else sys.argv[1:]
+    done = quantize(Path(src), Path(out), np.load(calib), **json.loads(opts))
+    Path(info).write_text(json.dumps(done))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
