@@ -2,6 +2,7 @@
 optimization level. The winner becomes the CPU default in vitrt/backends/onnxruntime.py.
 
     python -m benchmarks.ort_options artifacts/b16_384_int8_cpu.onnx [--seconds 8] [--batch 1]
+        [--against artifacts/b16_384.onnx]
 
 Configurations are interleaved (each measured twice, in alternating rounds) so that a slow spell of
 a noisy machine hits all of them; the report gives each one's median latency and its ratio to
@@ -45,6 +46,7 @@ def configs() -> dict[str, dict]:
         f"threads={n}, spinning off": {"threads": n, "spin": "0"},
         f"threads={n}, opt level extended": {"threads": n, "level": "ORT_ENABLE_EXTENDED"},
         f"threads={n}, opt level basic": {"threads": n, "level": "ORT_ENABLE_BASIC"},
+        f"threads={n}, spinning off, extended": {"threads": n, "spin": "0", "level": "ORT_ENABLE_EXTENDED"},
     }
 
 
@@ -62,10 +64,13 @@ def session(path: Path, cfg: dict):
     return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])
 
 
-def run(path: Path, seconds: float, batch: int, rounds: int = 2) -> dict:
+def run(path: Path, seconds: float, batch: int, rounds: int = 3, against: Path | None = None) -> dict:
     x = np.random.default_rng(0).integers(0, 256, (batch, 384, 384, 3), dtype=np.uint8)
     cfgs = configs()
     sessions = {name: session(path, cfg) for name, cfg in cfgs.items()}
+    if against is not None:  # another artifact under ORT's defaults, in the same interleaved rounds
+        cfgs[f"{against.name}, ORT defaults"] = {"artifact": against.name}
+        sessions[f"{against.name}, ORT defaults"] = session(against, {})
     times: dict[str, list[float]] = {name: [] for name in cfgs}
     for _ in range(rounds):
         for name, s in sessions.items():
@@ -87,9 +92,11 @@ def main(argv=None) -> int:
     p.add_argument("artifact", type=Path, help="a .onnx artifact")
     p.add_argument("--seconds", type=float, default=8.0, help="seconds per configuration per round (default: %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--against", type=Path, default=None,
+                   help="also time this artifact (e.g. the fp32 ONNX) under ORT's defaults, interleaved (default: none)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
     args = p.parse_args(argv)
-    data = run(args.artifact, args.seconds, args.batch)
+    data = run(args.artifact, args.seconds, args.batch, against=args.against)
     md = (f"ONNX Runtime CPU options on {data['artifact']}, batch {data['batch']}, {data['machine']['cpu']}, "
           f"{data['date']}\n\n" + markdown_table(
               ["configuration", "p50 ms", "calls", "speed vs defaults"],

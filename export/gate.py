@@ -92,17 +92,19 @@ def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads:
 #: - fp16: half precision keeps 11 significant bits (relative rounding 4.9e-4 per op); over 12
 #:   blocks the error stays near 1e-3, i.e. cosine > 0.9999 (measured: 0.9999996). 0.999 allows
 #:   10x more error and still catches a real overflow (an inf/NaN or a clipped activation gives < 0.99).
-#: - int8 / fp8: 8-bit activations and weights on the 48 Linear layers cost accuracy. Measured on the
-#:   full model, ModelOpt max calibration on the 32 builtin images: photos cosine 0.9938 worst, 0.996
-#:   mean; synthetic images (uniform noise: out of the calibration distribution) 0.953 worst, 0.977
-#:   mean. The gate: photos >= 0.98 worst and >= 0.99 mean, synthetic >= 0.90 worst and >= 0.95
-#:   mean. Quantizing every op type (Add, Softmax, LayerNorm inputs, attention) gives 0.6-0.8: caught.
+#: - int8 / fp8 / int8-cpu: 8-bit activations and weights on the Linear layers cost accuracy. The
+#:   limits come from the spread over 5 random-init seeds of the full model (0, 1, 2, 3, 99; builtin
+#:   calibration, max; `python -m benchmarks.gate_spread`, table in docs/precision.md): on photos,
+#:   int8 cosine worst 0.9870-0.9939 and mean 0.9939-0.9962 (fp8 higher). Rule: limit = the worst seed
+#:   minus twice the seeds' spread, rounded down to 0.005: photos worst >= 0.97, mean >= 0.985.
+#:   Synthetic noise is out of the calibration's distribution (int8 worst 0.8843-0.9537 over the same
+#:   seeds, seed 99 the lowest), so it is only a catastrophe check, by the same rule: worst >= 0.745.
+#:   Quantizing every op type (Add, Softmax, LayerNorm inputs, attention) gives 0.6-0.8 on photos: caught.
 #: - top-1 / top-5 agreement, on photos: gated only with real weights. Random-init logits are near
 #:   ties, so a flip there says nothing (it is reported all the same). With 8 photos one flip is 0.125.
-_Q_GATE = {"photos": {"logits": {"cosine_min": 0.98, "cosine_mean": 0.99, "top1_agree": 0.75, "top5_agree": 0.875},
-                      "embedding": {"cosine_min": 0.98, "cosine_mean": 0.99}},
-           "synthetic": {"logits": {"cosine_min": 0.90, "cosine_mean": 0.95},
-                         "embedding": {"cosine_min": 0.90, "cosine_mean": 0.95}}}
+_Q_GATE = {"photos": {"logits": {"cosine_min": 0.97, "cosine_mean": 0.985, "top1_agree": 0.75, "top5_agree": 0.875},
+                      "embedding": {"cosine_min": 0.97, "cosine_mean": 0.985}},
+           "synthetic": {"logits": {"cosine_min": 0.745}, "embedding": {"cosine_min": 0.745}}}
 THRESHOLDS: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "fp32": {"*": {"logits": {"cosine_min": 0.99999, "rel": 1e-4}, "embedding": {"cosine_min": 0.99999, "rel": 1e-4}}},
     "fp16": {"*": {"logits": {"cosine_min": 0.999}, "embedding": {"cosine_min": 0.999}},
@@ -159,9 +161,11 @@ def apply_overrides(gate: dict, precision: str, overrides: dict[str, float]) -> 
     return gate
 
 
-#: ``--gate`` overrides for the 2-block, 64-wide random ViT the tests and benchmarks/gpu_check.py
-#: build (tests/conftest.py SMALL_KWARGS). The stated INT8/FP8 gate is set for ViT-B/16-384; the toy
-#: model quantizes worse: measured INT8 photos 0.980 worst / 0.986 mean. These limits sit under
-#: that; the over-quantized graph (every op type + attention: 0.79 worst, 0.86 mean) still fails them.
+#: ``--gate`` overrides for the 2-block, 64-wide random ViT the tests build (tests/conftest.py
+#: SMALL_KWARGS). The stated gate is set for ViT-B/16-384; the toy model quantizes worse and varies
+#: more: INT8 photos worst 0.8919-0.9808 and mean 0.9552-0.9871 over 8 seeds (`python -m
+#: benchmarks.gate_spread --small`, docs/precision.md). The same rule as THRESHOLDS (worst seed minus
+#: twice the spread, rounded down to 0.005) gives worst >= 0.71 and mean >= 0.89; the over-quantized
+#: graph (every op type + attention, seed 0: 0.79 worst, 0.86 mean) still fails the mean.
 TOY_VIT_GATE = [f"{p}.photos.{o}.{m}={v}" for p in ("int8", "fp8", "int8-cpu") for o in ("logits", "embedding")
-                for m, v in (("cosine_min", 0.95), ("cosine_mean", 0.97))]
+                for m, v in (("cosine_min", 0.71), ("cosine_mean", 0.89))]

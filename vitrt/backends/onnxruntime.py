@@ -1,5 +1,10 @@
 """ONNX Runtime backend: TensorRT EP, then CUDA EP, then CPU, or the providers you pass.
 
+CPU session options are ONNX Runtime's defaults (all graph optimizations, intra-op threads = physical
+cores, spinning on): on the int8-cpu artifact, 2 threads, spinning off and the "extended" level were
+none faster than them, 1 thread took 1.8x as long and the "basic" level 3x
+(`python -m benchmarks.ort_options`, docs/benchmarks.md). ``threads=`` overrides the thread count.
+
 The session's real inputs and outputs are compared with the artifact's metadata when it loads: the
 graph is the truth, and metadata that contradicts it is refused (ArtifactError), so that a wrong
 input shape is never blamed on the caller's image later.
