@@ -69,6 +69,19 @@ def _varint_bytes(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def _skip(f: BinaryIO, wire: int) -> None:
+    if wire == 0:
+        _varint(f)
+    elif wire == 1:
+        f.seek(8, os.SEEK_CUR)
+    elif wire == 5:
+        f.seek(4, os.SEEK_CUR)
+    elif wire == 2:
+        f.seek(_varint(f) or 0, os.SEEK_CUR)
+    else:
+        raise ArtifactError(f"not an ONNX file (protobuf wire type {wire}); expected an ONNX ModelProto")
+
+
 def read_metadata_props(path: str | os.PathLike) -> dict[str, str]:
     """Return the ``metadata_props`` of the ONNX file at ``path`` as a dict. A file that ends at a
     field boundary before its graph or opset is reported as truncated (an ONNX writer puts them first)."""
@@ -83,13 +96,7 @@ def read_metadata_props(path: str | os.PathLike) -> dict[str, str]:
             field, wire = tag >> 3, tag & 7
             if field == 0:
                 raise ArtifactError("not an ONNX file (protobuf field number 0 at the top level); expected an ONNX ModelProto")
-            if wire == 0:
-                _varint(f)
-            elif wire == 1:
-                f.seek(8, os.SEEK_CUR)
-            elif wire == 5:
-                f.seek(4, os.SEEK_CUR)
-            elif wire == 2:
+            if wire == 2:
                 n = _varint(f)
                 if n is None or f.tell() + n > size:
                     _truncated()
@@ -99,7 +106,7 @@ def read_metadata_props(path: str | os.PathLike) -> dict[str, str]:
                 else:
                     f.seek(n, os.SEEK_CUR)
             else:
-                raise ArtifactError(f"not an ONNX file (protobuf wire type {wire} at the top level); expected an ONNX ModelProto")
+                _skip(f, wire)
             if f.tell() > size:
                 _truncated()
             seen.add(field)
@@ -117,19 +124,6 @@ _DATA_TYPE = 2  # TensorProto field
 _FLOAT16, _FP8_TYPES = 10, {17, 18, 19, 20}
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeLinear",
               "MatMulIntegerToFloat"}
-
-
-def _skip(f: BinaryIO, wire: int) -> None:
-    if wire == 0:
-        _varint(f)
-    elif wire == 1:
-        f.seek(8, os.SEEK_CUR)
-    elif wire == 5:
-        f.seek(4, os.SEEK_CUR)
-    elif wire == 2:
-        f.seek(_varint(f) or 0, os.SEEK_CUR)
-    else:
-        raise ArtifactError(f"malformed protobuf (wire type {wire}); expected an ONNX ModelProto")
 
 
 def _scan(f: BinaryIO, end: int, want: dict[int, str]) -> dict[int, object]:
