@@ -82,7 +82,7 @@ def check_specs(specs: list[TensorSpec], meta: Metadata, plan: Path) -> None:
 
 FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # sidecar's flavour -> Python module
 HOW_TO_GET = {"tensorrt": "`pip install 'vitrt[tensorrt]'` (full TensorRT, from NVIDIA's index)",
-              "tensorrt-rtx": "`pip install tensorrt-rtx-cu13` (TensorRT-RTX)"}
+              "tensorrt-rtx": "`pip install 'vitrt[tensorrt-rtx]'` (TensorRT-RTX; tensorrt-rtx-cu12 for a CUDA 12 driver)"}
 DATACENTER = ("TensorRT-RTX runs on RTX GPUs (sm_75 ... sm_121, no sm_90): on a datacenter GPU such as an "
               "H100/H200 (sm_90), build a plan there with full TensorRT: `make engine TRT=tensorrt`")
 
