@@ -38,7 +38,6 @@ def test_info(small_onnx, capsys):
 
 def test_verify_applies_the_build_gate_without_torch(small_build, tmp_path, capsys):
     """`vitrt verify` reruns the build's gate from NAME.reference.npz; a reference that disagrees fails it."""
-    import numpy as np
 
     from vitrt.verify import load_reference, save_reference
 

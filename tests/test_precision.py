@@ -94,50 +94,6 @@ def test_int8_graph(variants):
         assert scale.shape == (weight.shape[1],) and inits[q.input[1]].shape == (weight.shape[1],)
         assert zero.dtype == np.int8 and not zero.any()
         assert {a.name: a.i for a in dq.attribute}.get("axis") == 1
-    assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == F32 and types["embedding"] == F32
-    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
-    assert matmuls and all(types[n.input[0]] == F16 for n in matmuls)  # random weights: AutoCast flags nothing
-    lns = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
-    assert len(lns) == 2 * SMALL_KWARGS["depth"] + 1
-    for ln in lns:  # FP16 in and out, statistics in FP32 (stash_type=1, the ONNX default, kept explicit)
-        stash = {a.name: a.i for a in ln.attribute}.get("stash_type", 1)
-        assert stash == 1 and types[ln.input[0]] == F16
-    meta = Metadata.from_onnx(path).data
-    assert meta["precision"] == "fp16" and meta["precision_pass"]["tool"].startswith("modelopt.onnx.autocast")
-    assert meta["source_onnx"]["file"] == "m.onnx" and len(meta["source_onnx"]["sha256"]) == 64
-    assert meta["calibration"]["source"] == "builtin" and meta["calibration"]["used"] == 1
-
-
-def test_int8_graph(variants):
-    path = variants[0]["int8"]
-    model = onnx.load(path)
-    types = _types(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-
-    def from_dq(name):
-        return name in producers and producers[name].op_type == "DequantizeLinear"
-
-    linear, attention = [], []
-    for n in model.graph.node:
-        if n.op_type != "MatMul":
-            continue
-        src_ops = {producers[i].op_type for i in n.input if i in producers}
-        (attention if src_ops & {"Softmax", "Mul", "Transpose"} and not any(map(from_dq, n.input)) else linear).append(n)
-    assert len(linear) == 4 * SMALL_KWARGS["depth"]  # qkv, proj, fc1, fc2 per block
-    assert all(from_dq(n.input[0]) and from_dq(n.input[1]) for n in linear)
-    assert len(attention) == 2 * SMALL_KWARGS["depth"] and not any(from_dq(i) for n in attention for i in n.input)
-    conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    assert from_dq(conv.input[0]) and from_dq(conv.input[1])
-    # weights: per-channel (one scale per output channel) and symmetric (zero point 0)
-    for n in linear:
-        dq = producers[n.input[1]]
-        scale = inits.get(dq.input[1])
-        if scale is None:  # weight Q/DQ chain: Q's scale
-            continue
-        assert scale.ndim == 1 and scale.size > 1
-        if len(dq.input) > 2 and dq.input[2] in inits:
-            assert not inits[dq.input[2]].any()
     assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == onnx.TensorProto.FLOAT
     ln = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
     assert types[ln.output[0]] == onnx.TensorProto.FLOAT16  # FP16 for what is not quantized

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MODEL, SMALL_KWARGS, _quiet, export_small
+from conftest import SMALL_KWARGS, _quiet, export_small
 from vitrt.errors import BuildError
 from vitrt.metadata import Metadata
 

@@ -52,7 +52,7 @@ def summary(path: Path) -> str:
              f"precision  {d['precision']}",
              f"input      {inp.get('name')} {inp.get('dtype')} {inp.get('layout')} {inp.get('shape')}",
              f"outputs    {outs}",
-             f"batch      " + "/".join(str(batch[k]) for k in ("min", "opt", "max") if k in batch)]
+             "batch      " + "/".join(str(batch[k]) for k in ("min", "opt", "max") if k in batch)]
     plan = d.get("plan")
     if isinstance(plan, dict):
         flavour = plan.get("flavour", "tensorrt")

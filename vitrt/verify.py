@@ -10,7 +10,6 @@ numpy only (no torch, no timm).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import zipfile
