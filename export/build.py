@@ -95,6 +95,12 @@ def _onnx_recipe(path: Path) -> dict | None:
     return Metadata.from_onnx(path).data.get("recipe")
 
 
+def _plan_recipe(plan: Path) -> dict | None:
+    """A plan's recipe, from its sidecar, when the sidecar is the plan's (same sha256)."""
+    info = Metadata.from_json_file(artifacts.sidecar_path(plan)).data
+    return info["recipe"] if info["plan"]["sha256"] == sha256_file(plan) else None
+
+
 class _Context:
     """Model, images and PyTorch reference outputs, computed once per build and only when needed."""
 
@@ -146,10 +152,11 @@ class _Context:
                     return self._reference
             except VitrtError:
                 pass
-            inputs, outputs = gate.reference_outputs(self.wrapper, self.data_config, gate.image_set(size=self.size))
+            images = gate.image_set(size=self.size)
+            inputs, outputs = gate.reference_outputs(self.wrapper, self.data_config, images)
             save_reference(path, inputs, outputs, {
                 "recipe": self.fp32_recipe, "weights": self.provenance, "model": self.opts.model,
-                "photos": [p.name for p in gate.image_set(size=self.size)["photos"]],
+                "photos": [p.name for p in images["photos"]],
                 "synthetic": "export.images.synthetic_batch(12, seed 0): noise, gradients, blocks",
                 "reference": "PyTorch FP32; photos through timm's eval transform"})
             self._reference = (inputs, outputs)
@@ -241,7 +248,6 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
 
     from vitrt.metadata import FORMAT
 
-    from .onnx_export import set_metadata
     from .precision import make_variant
 
     opts = ctx.opts
@@ -262,10 +268,9 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     model, meta = make_variant(precision, opts.fp32_path, Metadata.from_onnx(opts.fp32_path).data, used, calib_prov,
                                method=opts.calib_method, keep_fp32_ops=opts.fp16_keep_fp32,
                                op_types=opts.quantize_op_types, quantize_attention=opts.quantize_attention,
-                               eps=opts.calibration_eps, recipe=wanted, workdir=opts.output_dir, log=log)
-    meta.update(ref_meta)
-    meta["gate"] = ctx.gate(precision)
-    set_metadata(model, meta)
+                               eps=opts.calibration_eps, recipe=wanted,
+                               extra_metadata={**ref_meta, "gate": ctx.gate(precision)}, workdir=opts.output_dir,
+                               log=log)
 
     def write(tmp: Path) -> None:
         nonlocal model
@@ -314,37 +319,29 @@ def _build_plans(ctx: _Context, built: dict[str, Path], precisions: list[str], l
         wanted = {"source_sha256": sha256_file(onnx_path), "flavour": flavour.name, "tensorrt": flavour.version,
                   "targets": plan_targets or [here], "batch": profile, "workspace_gib": opts.workspace_gib,
                   "opt_level": opts.opt_level, "verified_here": runs_here and opts.verify}
-
-        def plan_recipe(p: Path) -> dict | None:
-            info = Metadata.from_json_file(artifacts.sidecar_path(p)).data
-            return info["recipe"] if info["plan"]["sha256"] == sha256_file(p) else None
-
-        if not opts.force and up_to_date(plan, wanted, plan_recipe):
+        if not opts.force and up_to_date(plan, wanted, _plan_recipe):
             log(f"{plan} is up to date (same ONNX, {flavour.name} version, targets and batch profile); reusing it")
             plans[f"plan_{precision}"] = plan
             continue
-        gate = ctx.gate(precision)
-        base = ctx.check(precision, plan.name, f"{flavour.name}[{here}]") if runs_here and opts.verify else None
+        # the closures below run inside this iteration's publish(): they see this iteration's values
+        gate_run = ctx.check(precision, plan.name, f"{flavour.name}[{here}]") if runs_here and opts.verify else None
+        extra = {"recipe": wanted, "gate": ctx.gate(precision)}
 
-        def check(tmp: Path, base=base) -> dict:
-            if base is None:
-                return {"artifact": plan.name, "precision": precision, "passed": None,
-                        "note": trt_build.NOT_RUN.format(plan=plan.name)}
-            return base(tmp)
-
-        def write(tmp: Path, onnx_path=onnx_path, plan_targets=plan_targets, wanted=wanted) -> None:
+        def write(tmp: Path) -> None:
             trt_build.build_plan(onnx_path, tmp, flavour, targets=plan_targets, device=opts.device,
                                  min_batch=opts.min_batch, opt_batch=opts.opt_batch, max_batch=opts.max_batch_plan,
                                  workspace_gib=opts.workspace_gib, opt_level=opts.opt_level,
                                  timing_cache=opts.timing_cache or Path(opts.output_dir) / "timing.cache",
-                                 extra={"recipe": wanted, "gate": gate}, name=plan.name, log=log)
+                                 extra=extra, name=plan.name, log=log)
 
-        def check_and_record(tmp: Path, check=check) -> dict:
-            report = check(tmp)
-            trt_build.record_parity(artifacts.sidecar_path(tmp), report)
+        def check(tmp: Path) -> dict:
+            report = gate_run(tmp) if gate_run is not None else {
+                "artifact": plan.name, "precision": precision, "passed": None,
+                "note": trt_build.NOT_RUN.format(plan=plan.name)}
+            trt_build.record_parity(artifacts.sidecar_path(tmp), report)  # the sidecar says how it went
             return report
 
-        publish(plan, write, check_and_record, allow_failure=opts.allow_parity_failure,
+        publish(plan, write, check, allow_failure=opts.allow_parity_failure,
                 companions=(artifacts.sidecar_path,), log=log)
         log(f"wrote {plan}" + ("" if runs_here and opts.verify else f" ({trt_build.NOT_RUN.format(plan=plan.name)})"))
         plans[f"plan_{precision}"] = plan

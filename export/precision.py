@@ -144,7 +144,8 @@ def summarize(model) -> dict[str, Any]:
 def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndarray | None,
                  calib_provenance: dict | None, *, method: str = "max", keep_fp32_ops: list[str] | None = None,
                  op_types: list[str] | None = None, quantize_attention: bool = False, eps: list[str] | None = None,
-                 recipe: dict | None = None, workdir: str | os.PathLike | None = None,
+                 recipe: dict | None = None, extra_metadata: dict | None = None,
+                 workdir: str | os.PathLike | None = None,
                  log: Callable[[str], None] = print):
     """Make the ``precision`` variant of ``fp32_path``; returns (ModelProto with metadata, metadata).
 
@@ -204,6 +205,7 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     meta["source_onnx"] = {"file": fp32_path.name, "sha256": source_sha}
     meta["onnx"] = {**metadata.get("onnx", {}), "opset": summary["opset"]}
     meta["recipe"] = recipe
+    meta.update(extra_metadata or {})
     set_metadata(model, meta)
     log(f"{precision}: {summary['qdq_pairs']} Q/DQ pairs on {summary['quantized_ops'] or 'no ops'}, "
         f"{summary['casts']} casts, opset {summary['opset']} ({time.perf_counter() - t0:.0f} s)")
