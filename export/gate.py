@@ -79,8 +79,9 @@ def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads:
     import vitrt
     from vitrt.verify import candidate_outputs as run
 
-    providers = ["CPUExecutionProvider"] if Path(path).suffix == ".onnx" else None
-    with vitrt.Engine(path, providers=providers, threads=threads) as engine:
+    onnx = Path(path).suffix == ".onnx"
+    kwargs = {"providers": ["CPUExecutionProvider"], "threads": threads} if onnx else {}
+    with vitrt.Engine(path, **kwargs) as engine:
         return run(engine, inputs)
 
 

@@ -21,7 +21,12 @@ RUNTIME_API = {
     "ICudaEngine.get_tensor_dtype": "name -> DataType",
     "ICudaEngine.get_tensor_shape": "name -> Dims, -1 for dynamic dimensions",
     "ICudaEngine.get_tensor_profile_shape": "(name, profile) -> [min, opt, max] shapes of an input",
-    "ICudaEngine.create_execution_context": "a context; one per engine here, guarded by a lock",
+    "ICudaEngine.create_execution_context": "(ExecutionContextAllocationStrategy) -> a context; full TensorRT: one per "
+                                            "captured batch size, all on one scratch allocation (USER_MANAGED)",
+    "ICudaEngine.device_memory_size_v2": "scratch bytes a context needs (max over profiles): the shared allocation's size",
+    "IExecutionContext.set_device_memory": "(pointer, size): the shared scratch; allowed for contexts that never run "
+                                           "concurrently (one lock, one stream)",
+    "ExecutionContextAllocationStrategy": "USER_MANAGED: the context gets its scratch from set_device_memory",
     "IExecutionContext.set_input_shape": "(name, shape) before each run: the batch size",
     "IExecutionContext.set_tensor_address": "(name, device pointer): set once, buffers never move",
     "IExecutionContext.execute_async_v3": "(stream handle) -> bool: enqueue; False is an error",

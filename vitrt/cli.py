@@ -21,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
     pr.add_argument("--providers", default=None, metavar="LIST",
-                    help="comma-separated ONNX Runtime providers (default: the best present)")
+                    help="comma-separated ONNX Runtime providers, .onnx only (default: the best present)")
+    pr.add_argument("--device", type=int, default=None, metavar="N",
+                    help="GPU index, for a .plan or an .onnx on the CUDA/TensorRT provider (default: GPU 0 where "
+                         "a GPU runs it; none on a CPU)")
     inf = sub.add_parser("info", help="describe an artifact", description="Describe an artifact from its vitrt "
                          "metadata: model, precision, I/O, batch, and for a plan its TensorRT flavour and targets.")
     inf.add_argument("path", type=Path, metavar="PATH", help="a .onnx artifact, a .plan or its .plan.json")
@@ -33,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--reference", type=Path, default=None, metavar="NPZ",
                     help="reference outputs (default: the file the artifact's metadata names, beside it)")
     ve.add_argument("--providers", default=None, metavar="LIST",
-                    help="comma-separated ONNX Runtime providers (default: the best present)")
+                    help="comma-separated ONNX Runtime providers, .onnx only (default: the best present)")
+    ve.add_argument("--device", type=int, default=None, metavar="N",
+                    help="GPU index, for a .plan or an .onnx on the CUDA/TensorRT provider (default: GPU 0 where "
+                         "a GPU runs it; none on a CPU)")
     ve.add_argument("--report", type=Path, default=None, metavar="JSON", help="also write the report here (default: none)")
     return p
 
@@ -89,14 +95,14 @@ def _run(args) -> int:
         from .atomic import write_json
         from .verify import format_report
 
-        with Engine(args.path, providers=_providers(args.providers)) as engine:
+        with Engine(args.path, providers=_providers(args.providers), device=args.device) as engine:
             report = engine.verify(args.reference)
         print(format_report(report))
         if args.report is not None:
             write_json(args.report, report)
         print("PASSED: the gate holds on this machine" if report["passed"] else "FAILED: see the FAIL lines above")
         return 0 if report["passed"] else 1
-    with Engine(args.engine, providers=_providers(args.providers)) as engine:
+    with Engine(args.engine, providers=_providers(args.providers), device=args.device) as engine:
         results = []
         for image in args.images:  # one at a time: a bad image names itself and stops the run
             results.append((image, engine.predict(image, topk=args.topk)))

@@ -7,6 +7,7 @@ CUDA error. Buffers are allocated once; pinned host buffers are exposed as numpy
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -68,6 +69,24 @@ def set_device(device: int) -> None:
     check(_cudart().cudaSetDevice(int(device)), f"cudaSetDevice({device})")
 
 
+def get_device() -> int:
+    return int(check(_cudart().cudaGetDevice(), "cudaGetDevice"))
+
+
+@contextmanager
+def using_device(device: int):
+    """``device`` current for the block, the caller's current device restored after it (CUDA's current
+    device is per thread state the caller owns: a library must not change it for good)."""
+    before = get_device()
+    if before != device:
+        set_device(device)
+    try:
+        yield
+    finally:
+        if before != device:
+            set_device(before)
+
+
 def device_properties(device: int = 0) -> dict[str, Any]:
     """Name, compute capability and memory of ``device``."""
     cudart = _cudart()
@@ -83,16 +102,23 @@ def driver_version() -> str:
 
 
 class Stream:
+    """A non-blocking stream: it does not synchronize with the legacy default stream, so another
+    library's work there (PyTorch, ONNX Runtime's CUDA provider) neither waits on vitrt's nor breaks a
+    graph capture on it (CUDA Runtime API, "Stream synchronization behavior"; graph capture on a
+    blocking stream fails with cudaErrorStreamCaptureImplicit when the legacy stream is used)."""
+
     def __init__(self):
-        self.handle = check(_cudart().cudaStreamCreate(), "cudaStreamCreate")
+        cudart = _cudart()
+        self.handle = check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking),
+                            "cudaStreamCreateWithFlags(cudaStreamNonBlocking)")
 
     def synchronize(self) -> None:
         check(_cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
     def close(self) -> None:
-        if self.handle is not None:
-            check(_cudart().cudaStreamDestroy(self.handle), "cudaStreamDestroy")
-            self.handle = None
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            check(_cudart().cudaStreamDestroy(handle), "cudaStreamDestroy")
 
 
 class DeviceBuffer:
@@ -103,9 +129,9 @@ class DeviceBuffer:
         self.ptr = int(check(_cudart().cudaMalloc(self.nbytes), f"cudaMalloc({self.nbytes})"))
 
     def close(self) -> None:
-        if self.ptr:
-            check(_cudart().cudaFree(self.ptr), "cudaFree")
-            self.ptr = 0
+        ptr, self.ptr = self.ptr, 0
+        if ptr:
+            check(_cudart().cudaFree(ptr), "cudaFree")
 
 
 class HostBuffer:
@@ -118,10 +144,9 @@ class HostBuffer:
         self.array = np.frombuffer(raw, dtype=np.dtype(dtype))
 
     def close(self) -> None:
-        if self.ptr:
-            self.array = None
-            check(_cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
-            self.ptr = 0
+        ptr, self.ptr, self.array = self.ptr, 0, None
+        if ptr:
+            check(_cudart().cudaFreeHost(ptr), "cudaFreeHost")
 
 
 def memcpy_htod_async(dst: DeviceBuffer, src: HostBuffer, nbytes: int, stream: Stream) -> None:
@@ -137,7 +162,11 @@ def memcpy_dtoh_async(dst: HostBuffer, src: DeviceBuffer, nbytes: int, stream: S
 
 
 class Graph:
-    """A CUDA graph captured from the work ``launch(stream)`` enqueues, replayed with :meth:`launch`."""
+    """A CUDA graph captured from the work ``launch(stream)`` enqueues, replayed with :meth:`launch`.
+
+    Every failure leaves the stream out of capture mode and frees what was made: an error in
+    ``launch`` ends the capture and discards the partial graph, and that first error is the one
+    raised (an EndCapture error after it is secondary); a failed instantiation destroys the graph."""
 
     def __init__(self, stream: Stream, launch) -> None:
         cudart = _cudart()
@@ -147,18 +176,33 @@ class Graph:
         check(cudart.cudaStreamBeginCapture(stream.handle, mode), "cudaStreamBeginCapture")
         try:
             launch(stream)
-        finally:
-            self.graph = check(cudart.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
-        self.exec = check(cudart.cudaGraphInstantiate(self.graph, 0), "cudaGraphInstantiate")
+        except BaseException:
+            err, graph = cudart.cudaStreamEndCapture(stream.handle)
+            if err == cudart.cudaError_t.cudaSuccess and graph is not None:
+                cudart.cudaGraphDestroy(graph)
+            raise
+        self.graph = check(cudart.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
+        try:
+            self.exec = check(cudart.cudaGraphInstantiate(self.graph, 0), "cudaGraphInstantiate")
+        except BaseException:
+            graph, self.graph = self.graph, None
+            cudart.cudaGraphDestroy(graph)
+            raise
 
     def launch(self) -> None:
         check(_cudart().cudaGraphLaunch(self.exec, self.stream.handle), "cudaGraphLaunch")
 
     def close(self) -> None:
+        """Destroy the executable graph, then the graph; both are attempted, the first error raised."""
         cudart = _cudart()
-        if self.exec is not None:
-            check(cudart.cudaGraphExecDestroy(self.exec), "cudaGraphExecDestroy")
-            self.exec = None
-        if self.graph is not None:
-            check(cudart.cudaGraphDestroy(self.graph), "cudaGraphDestroy")
-            self.graph = None
+        exec_, graph, self.exec, self.graph = self.exec, self.graph, None, None
+        errors = []
+        for handle, fn, name in ((exec_, cudart.cudaGraphExecDestroy, "cudaGraphExecDestroy"),
+                                 (graph, cudart.cudaGraphDestroy, "cudaGraphDestroy")):
+            if handle is not None:
+                try:
+                    check(fn(handle), name)
+                except BackendError as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -34,14 +34,16 @@ class Engine:
     >>> engine.predict("cat.jpg")[0]
     Prediction(index=281, label='tabby, tabby cat', prob=0.93)
 
-    ``providers`` chooses ONNX Runtime execution providers (default: the best present) and
-    ``threads`` its intra-op threads; ``device`` picks the GPU for a plan and ``cuda_graphs`` turns
-    CUDA graph replay on or off; ``max_pixels`` refuses larger images before decoding them. Use as a
-    context manager or call :meth:`close` to free the session and its buffers.
+    ``device`` picks the GPU (default 0): for a plan, and for an ``.onnx`` on ONNX Runtime's CUDA or
+    TensorRT provider (their ``device_id``). ``providers`` (ONNX Runtime execution providers; default:
+    the best present) and ``threads`` (its intra-op threads) apply to ``.onnx`` only, ``cuda_graphs``
+    (CUDA graph replay, default on) to ``.plan`` only: an argument the artifact's backend would ignore
+    is refused. ``max_pixels`` refuses larger images before decoding them. Use as a context manager or
+    call :meth:`close` to free the session and its buffers.
     """
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence | str | None = None, *, device: int = 0,
-                 cuda_graphs: bool = True, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, path: str | os.PathLike, providers: Sequence | str | None = None, *, device: int | None = None,
+                 cuda_graphs: bool | None = None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.backend = None
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"artifact path is a {type(path).__name__}; expected a str or Path to a .onnx or "
@@ -60,23 +62,31 @@ class Engine:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 1):
             raise InputError(f"threads={threads!r}; expected a positive integer or None (ONNX Runtime's default)")
-        if isinstance(device, bool) or not isinstance(device, (int, np.integer)) or device < 0:
-            raise InputError(f"device={device!r}; expected a GPU index (0, 1, ...)")
-        if not isinstance(cuda_graphs, bool):
-            raise InputError(f"cuda_graphs={cuda_graphs!r}; expected True or False")
+        if device is not None and (isinstance(device, bool) or not isinstance(device, (int, np.integer)) or device < 0):
+            raise InputError(f"device={device!r}; expected a GPU index (0, 1, ...) or None")
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise InputError(f"cuda_graphs={cuda_graphs!r}; expected True, False or None")
         self.max_pixels = check_max_pixels(max_pixels)
         suffix = self.path.suffix.lower()
         if suffix == ".onnx":
             from .backends.onnxruntime import OnnxRuntimeBackend
 
+            if cuda_graphs:
+                raise InputError("cuda_graphs=True applies to .plan artifacts (TensorRT); ONNX Runtime's providers "
+                                 "run an .onnx without vitrt's CUDA graphs: expected cuda_graphs=None or False")
             self.metadata = Metadata.from_onnx(self.path)
             check_graph_precision(self.path, self.metadata)
-            self.backend = OnnxRuntimeBackend(self.path, self.metadata, providers, threads=threads)
+            self.backend = OnnxRuntimeBackend(self.path, self.metadata, providers, threads=threads, device=device)
         elif suffix == ".plan":
             from .backends.tensorrt import TensorRTBackend
 
+            for name, value in (("providers", providers), ("threads", threads)):
+                if value is not None:
+                    raise InputError(f"{name}={value!r} applies to .onnx artifacts (ONNX Runtime); a .plan runs on "
+                                     f"TensorRT: expected {name}=None")
             self.metadata = Metadata.from_json_file(sidecar_path(self.path))
-            self.backend = TensorRTBackend(self.path, self.metadata, device=device, cuda_graphs=cuda_graphs)
+            self.backend = TensorRTBackend(self.path, self.metadata, device=device or 0,
+                                           cuda_graphs=True if cuda_graphs is None else cuda_graphs)
         else:
             raise ArtifactError(f"artifact {shown!r} has suffix {suffix!r}; expected .onnx or .plan")
         self.labels = labels_for(self.metadata.label_set, self.metadata.num_classes)

@@ -43,6 +43,33 @@ def default_providers() -> list[str]:
     return [p for p in PREFERENCE if p in available and (have_gpu or p not in GPU_PROVIDERS)]
 
 
+def with_device(providers: list, device: int | None) -> list:
+    """The providers with ``device_id`` set on the GPU ones (CUDA, TensorRT). ``device`` None leaves
+    them as given (ONNX Runtime's default is GPU 0); a GPU index with no GPU provider, or against a
+    ``device_id`` already in a provider's options, is an error."""
+    if device is None:
+        return providers
+    n = gpu_count()
+    if n == 0 or device >= n:
+        raise BackendError(f"device={device}; this machine has {n} NVIDIA GPU(s)"
+                           + (f": expected 0..{n - 1}" if n else ": expected device=None (ONNX Runtime's CPU provider)"))
+    out, gpu = [], False
+    for p in providers:
+        name, options = (p[0], dict(p[1])) if isinstance(p, (list, tuple)) else (p, {})
+        if name in GPU_PROVIDERS:
+            gpu = True
+            if str(options.setdefault("device_id", str(device))) != str(device):
+                raise InputError(f"device={device} but {name}'s options say device_id={options['device_id']}; "
+                                 "expected one GPU index")
+            out.append((name, options))
+        else:
+            out.append(p)
+    if not gpu:
+        raise InputError(f"device={device} picks a GPU, but the providers are {[o if isinstance(o, str) else o[0] for o in out]}; "
+                         "expected a CUDA or TensorRT provider, or device=None")
+    return out
+
+
 def check_providers(providers: Any) -> list:
     """``providers`` as ONNX Runtime takes them: names, or (name, options) pairs; a single name is one
     provider. Unknown names, and GPU providers without a GPU, are errors (ORT would fall back to the
@@ -84,7 +111,7 @@ def check_graph(session, meta: Metadata, path: str) -> None:
 
 class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | os.PathLike, metadata: Metadata, providers: Sequence | None = None,
-                 threads: int | None = None, session_config: dict[str, str] | None = None):
+                 threads: int | None = None, session_config: dict[str, str] | None = None, device: int | None = None):
         ort = _ort()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -96,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
             config.setdefault("session.disable_quant_qdq", "1")
         for key, value in config.items():
             opts.add_session_config_entry(key, value)
-        chosen = check_providers(providers) if providers else default_providers()
+        chosen = with_device(check_providers(providers) if providers else default_providers(), device)
         try:
             self.session = ort.InferenceSession(os.fspath(path), opts, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types

@@ -7,161 +7,116 @@ runtime's ``get_engine_validity`` is asked before deserializing, so that an unsu
 or version gets an error that says what to do.
 
 Buffers (pinned host and device) are sized for the profile's max batch and allocated once; one
-stream; per call: copy in, ``set_input_shape``, ``execute_async_v3`` (or the CUDA graph captured for
-that batch size), copy out, one synchronization. Thread safety: one lock per backend serializes
-calls (they share a context, stream and buffers). For concurrent GPU work, open one ``Engine`` per
-thread: each has its own context, stream and buffers.
+non-blocking stream; per call: copy in, ``set_input_shape``, ``execute_async_v3`` (or the CUDA graph
+captured for that batch size), copy out, one synchronization. Thread safety: one lock per backend
+serializes calls (they share a stream and buffers). For concurrent GPU work, open one ``Engine`` per
+thread: each has its own contexts, stream and buffers.
+
+CUDA graphs and shapes (full TensorRT). TensorRT does its per-shape setup in the first enqueue after
+a shape change, outside any graph, and a capture must follow a plain enqueue at that shape
+(NvInferRuntime.h, enqueueV3's note on graph capture). A graph replayed after the context ran another
+shape would run on that other shape's setup. So every captured batch size gets its own execution
+context, whose shape never changes after its first run; the contexts share one scratch allocation
+(``ExecutionContextAllocationStrategy.USER_MANAGED`` + ``set_device_memory``; allowed because they
+never run concurrently: one lock, one stream). The cost is a context per batch size seen (host-side
+state and a capture, no extra activation memory); the alternative, a plain enqueue at every shape
+change, would make ``Engine.infer``'s split batches (32, then the rest) never replay a graph.
+TensorRT-RTX keeps one context and captures its own graphs per shape (``WHOLE_GRAPH_CAPTURE``).
+
+Every error path leaves the stream idle before the pinned buffers are reused, frees what it
+allocated and raises the first error; a finalizer frees an Engine that is never closed (never at
+interpreter shutdown, when the driver may be gone and the process's exit frees it all anyway).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
+import logging
 import os
+import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendError
 from ..cuda import gpu_count
-from ..metadata import Metadata, sha256_file
+from ..errors import ArtifactError, BackendError
+from ..metadata import Metadata
 from .base import Backend
+from .plan import (REBUILD, check_sidecar, check_specs, check_validity,  # noqa: F401 (re-exported)
+                   import_tensorrt, plan_info, tensor_specs)
 
-REBUILD = "Rebuild it on this machine with `make engine` (or `python -m export --plan`)."
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    is_input: bool
-    dtype: np.dtype
-    shape: tuple[int, ...]  # -1 for the batch dimension
-    max_shape: tuple[int, ...]
-
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        return self.max_shape[1:]
-
-    @property
-    def max_nbytes(self) -> int:
-        return int(np.prod(self.max_shape)) * self.dtype.itemsize
-
-    def nbytes(self, batch: int) -> int:
-        return batch * int(np.prod(self.item_shape)) * self.dtype.itemsize
+log = logging.getLogger("vitrt")
 
 
-def tensor_specs(engine: Any, trt: Any, max_batch: int) -> list[TensorSpec]:
-    """The engine's I/O tensors with their shapes at ``max_batch`` (inputs: checked against the profile)."""
-    specs = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
-        if any(d < 0 for d in shape[1:]):
-            raise ArtifactError(f"plan tensor {name!r} has shape {shape}: only the batch dimension may be dynamic")
-        if is_input:
-            profile_max = tuple(int(d) for d in engine.get_tensor_profile_shape(name, 0)[2])
-            if profile_max[0] < max_batch:
-                raise ArtifactError(f"plan profile allows batch {profile_max[0]} for {name!r}, metadata says {max_batch}")
-        specs.append(TensorSpec(name, is_input, np.dtype(trt.nptype(engine.get_tensor_dtype(name))), shape,
-                                (max_batch,) + shape[1:]))
-    return specs
+class _Resources:
+    """Everything a TensorRT backend allocates, held apart from the backend so that its finalizer can
+    free it without keeping the backend alive."""
+
+    def __init__(self, device: int, cuda: Any):
+        self.device, self.cuda = device, cuda
+        self.graphs: dict[int, Any] = {}
+        self.contexts: dict[int | None, Any] = {}
+        self.runtime = self.engine = self.runtime_config = self.runtime_cache = None
+        self.scratch = self.stream = None
+        self.host: dict[str, Any] = {}
+        self.device_buf: dict[str, Any] = {}
+
+    def release(self) -> None:
+        """Free everything, in the reverse order of creation, attempting every step; raise the first
+        error. The stream is drained first (nothing may still run on what is freed); graphs before the
+        contexts they launch; TensorRT's contexts before the runtime config and cache they use, the
+        engine after its contexts, the runtime last (TensorRT's rule: an object outlives those created
+        from it); the memory the contexts pointed at after them; the stream last."""
+        cuda, self.cuda = self.cuda, None
+        if cuda is None:
+            return
+        errors: list[BaseException] = []
+
+        def attempt(fn, *args):
+            try:
+                fn(*args)
+            except Exception as exc:
+                errors.append(exc)
+
+        try:
+            before = cuda.get_device()
+        except Exception as exc:
+            errors.append(exc)
+            before = None
+        attempt(cuda.set_device, self.device)
+        if self.stream is not None:
+            attempt(self.stream.synchronize)
+        for graph in self.graphs.values():
+            attempt(graph.close)
+        self.graphs.clear()
+        self.contexts.clear()
+        self.runtime_config = self.runtime_cache = None
+        self.engine = None
+        self.runtime = None
+        for buf in [self.scratch, *self.device_buf.values(), *self.host.values()]:
+            if buf is not None:
+                attempt(buf.close)
+        self.scratch, self.device_buf, self.host = None, {}, {}
+        if self.stream is not None:
+            attempt(self.stream.close)
+        self.stream = None
+        if before is not None and before != self.device:
+            attempt(cuda.set_device, before)
+        if errors:
+            raise errors[0]
 
 
-def check_specs(specs: list[TensorSpec], meta: Metadata, plan: Path) -> None:
-    """The engine's tensors must be what the sidecar says (names, dtypes, shapes without the batch)."""
-    got = {s.name: (s.is_input, str(s.dtype), list(s.item_shape)) for s in specs}
-    want = {meta.input_name: (True, meta.input_dtype, list(meta.item_shape))}
-    want.update({n: (False, o["dtype"], list(o["shape"][1:])) for n, o in meta.data["outputs"].items()})
-    if got != want:
-        raise ArtifactError(f"{plan}: the engine's tensors are {got}; its sidecar says {want}. The engine is the "
-                            f"truth: expected a sidecar that matches it. {REBUILD}")
-
-
-FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # sidecar's flavour -> Python module
-HOW_TO_GET = {"tensorrt": "`pip install 'vitrt[tensorrt]'` (full TensorRT, from NVIDIA's index)",
-              "tensorrt-rtx": "`pip install 'vitrt[tensorrt-rtx]'` (TensorRT-RTX; tensorrt-rtx-cu12 for a CUDA 12 driver)"}
-DATACENTER = ("TensorRT-RTX runs on RTX GPUs (sm_75 ... sm_121, no sm_90): on a datacenter GPU such as an "
-              "H100/H200 (sm_90), build a plan there with full TensorRT: `make engine TRT=tensorrt`")
-
-
-def _sm(cc: str) -> str:
-    return "sm_" + str(cc).replace(".", "")
-
-
-def plan_info(plan: Path, meta: Metadata) -> dict:
-    """The sidecar's ``plan`` section, checked for the keys the runtime needs."""
-    info = meta.data.get("plan")
-    if not isinstance(info, dict) or not {"sha256", "tensorrt"} <= set(info):
-        raise ArtifactError(f"{meta.source} is not a vitrt plan sidecar (no 'plan' section with sha256 and "
-                            f"tensorrt version). {REBUILD}")
-    flavour = info.get("flavour", "tensorrt")
-    if flavour not in FLAVOURS:
-        raise ArtifactError(f"{meta.source}: plan flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}. {REBUILD}")
-    targets = info.get("targets") if flavour == "tensorrt-rtx" else [info.get("compute_capability")]
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-        raise ArtifactError(f"{meta.source}: a {flavour} plan sidecar needs its target compute capabilities "
-                            f"(got {targets!r}). {REBUILD}")
-    return {**info, "flavour": flavour, "targets": targets}
-
-
-def check_sidecar(plan: Path, meta: Metadata, trt_version: str, gpu: dict) -> dict:
-    """Refuse a plan whose sidecar does not match it, this TensorRT, or this GPU; returns plan_info."""
-    info = plan_info(plan, meta)
-    digest = sha256_file(plan)
-    if digest != info["sha256"]:
-        raise ArtifactError(f"{plan} does not match its sidecar: sha256 {digest[:12]}..., sidecar says "
-                            f"{str(info['sha256'])[:12]}... (the plan or the .plan.json was replaced). {REBUILD}")
-    built = ".".join(str(info["tensorrt"]).split(".")[:3])
-    here = ".".join(str(trt_version).split(".")[:3])
-    name = "TensorRT-RTX" if info["flavour"] == "tensorrt-rtx" else "TensorRT"
-    if built != here:
-        raise ArtifactError(f"{plan} was built by {name} {info['tensorrt']}, this is {name} {trt_version}; "
-                            f"plans only load in the version that built them. {REBUILD}")
-    cc = gpu["compute_capability"]
-    if info["flavour"] == "tensorrt":
-        if str(info["compute_capability"]) != cc:
-            raise ArtifactError(f"{plan} was built for compute capability {info['compute_capability']} "
-                                f"({info.get('gpu', '?')}), this GPU is {cc}. {REBUILD}")
-    elif cc not in info["targets"]:
-        targets = ", ".join(_sm(t) for t in info["targets"])
-        how = DATACENTER if cc == "9.0" else f"rebuild it for this GPU: `make engine TARGETS={_sm(cc).replace('_', '')}`"
-        raise ArtifactError(f"{plan.name} is a TensorRT-RTX plan for {targets}; this GPU, {gpu['name']} "
-                            f"({_sm(cc)}), is not among them. {how}")
-    return info
-
-
-def check_validity(runtime: Any, trt: Any, data: bytes, plan: Path, info: dict, gpu: dict) -> None:
-    """TensorRT-RTX: ask the runtime whether this GPU, driver and version can run the plan, before
-    deserializing it."""
-    validity, diagnostics = runtime.get_engine_validity(data[: int(runtime.engine_header_size)])
-    if validity != trt.EngineValidity.INVALID:
+def _finalize(res: _Resources) -> None:
+    """An Engine that was never closed: free its GPU resources, unless the interpreter is shutting
+    down (the CUDA driver may be torn down by then; the process's exit frees everything)."""
+    if sys.is_finalizing():
         return
-    reasons = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
-    targets = ", ".join(_sm(t) for t in info["targets"])
-    if "UNSUPPORTED_CC" in reasons:
-        how = DATACENTER if gpu["compute_capability"] == "9.0" else \
-            f"rebuild it for this GPU: `make engine TARGETS={_sm(gpu['compute_capability']).replace('_', '')}`"
-    elif {"OLD_CUDA_DRIVER", "OLD_CUDA_RUNTIME"} & set(reasons):
-        how = (f"update the NVIDIA driver (the plan needs CUDA {info.get('cuda_major', '?')}), or rebuild with the "
-               "TensorRT-RTX wheel for this driver's CUDA (tensorrt-rtx-cu12)")
-    elif "VERSION_MISMATCH" in reasons:
-        how = f"rebuild it with this TensorRT-RTX ({trt.__version__}): `make engine`"
-    else:
-        how = REBUILD
-    raise ArtifactError(f"TensorRT-RTX {trt.__version__} cannot run {plan.name} on {gpu['name']} "
-                        f"({_sm(gpu['compute_capability'])}): {', '.join(reasons) or 'invalid engine'} "
-                        f"(plan targets {targets}). {how}")
-
-
-def import_tensorrt(flavour: str = "tensorrt"):
     try:
-        return importlib.import_module(FLAVOURS[flavour])
-    except ImportError:
-        raise BackendError(f"{FLAVOURS[flavour]} is not installed; this plan needs it: {HOW_TO_GET[flavour]} on a "
-                           "machine with an NVIDIA GPU (or run the .onnx artifact instead)") from None
+        res.release()
+    except Exception as exc:  # a finalizer has no caller to raise to
+        log.warning("vitrt: freeing an unclosed TensorRT engine failed: %s", exc)
 
 
 class TensorRTBackend(Backend):
@@ -170,6 +125,9 @@ class TensorRTBackend(Backend):
         self.device = int(device)
         self.closed = True  # until everything is allocated: close() then frees nothing
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self._savers: list[threading.Thread] = []
+        self._res = None
         n = gpu_count()  # before TensorRT: without a GPU, deserializing a plan crashes the process
         if n == 0:
             raise BackendError("no NVIDIA GPU found (cudaGetDeviceCount reports none); a .plan needs one. "
@@ -180,130 +138,200 @@ class TensorRTBackend(Backend):
 
         info = plan_info(self.path, metadata)
         self.flavour = info["flavour"]
-        trt = import_tensorrt(self.flavour)
-        cuda.set_device(self.device)
+        self.trt, self.cuda = import_tensorrt(self.flavour), cuda
+        res = self._res = _Resources(self.device, cuda)
+        self._finalizer = weakref.finalize(self, _finalize, res)
+        self._finalizer.atexit = False
+        try:
+            with cuda.using_device(self.device):
+                self._open(metadata, info, bool(cuda_graphs))
+        except BaseException:
+            self._finalizer.detach()
+            try:
+                res.release()
+            except Exception:
+                pass  # the first error is the one raised
+            raise
+        self.closed = False
+
+    def _open(self, metadata: Metadata, info: dict, cuda_graphs: bool) -> None:
+        trt, cuda, res = self.trt, self.cuda, self._res
         props = cuda.device_properties(self.device)
         info = check_sidecar(self.path, metadata, trt.__version__, props)
-        self.trt, self.cuda = trt, cuda
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        res.runtime = trt.Runtime(self.logger)
         data = self.path.read_bytes()
         if self.flavour == "tensorrt-rtx":
-            check_validity(self.runtime, trt, data, self.path, info, props)
+            check_validity(res.runtime, trt, data, self.path, info, props)
         else:
-            self.runtime.engine_host_code_allowed = False
-        self.engine = self.runtime.deserialize_cuda_engine(data)
+            res.runtime.engine_host_code_allowed = False
+        res.engine = res.runtime.deserialize_cuda_engine(data)
         del data
-        if self.engine is None:
+        if res.engine is None:
             raise ArtifactError(f"TensorRT could not deserialize {self.path} (corrupt or incompatible plan). {REBUILD}")
         self.max_batch = metadata.max_batch
-        self.specs = tensor_specs(self.engine, trt, self.max_batch)
+        self.specs = tensor_specs(res.engine, trt, self.max_batch)
         check_specs(self.specs, metadata, self.path)
-        self.runtime_cache = self.cache_path = None
-        if self.flavour == "tensorrt-rtx":
-            self.context = self._rtx_context(bool(cuda_graphs), info["sha256"])
-        else:
-            self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
-        self.stream = cuda.Stream()
-        self.host = {s.name: cuda.HostBuffer(s.max_nbytes, s.dtype) for s in self.specs}
-        self.device_buf = {s.name: cuda.DeviceBuffer(s.max_nbytes) for s in self.specs}
+        self.cache_path = None
+        res.stream = cuda.Stream()
         for s in self.specs:
-            if not self.context.set_tensor_address(s.name, self.device_buf[s.name].ptr):
-                raise BackendError(f"set_tensor_address failed for {s.name!r}")
+            res.host[s.name] = cuda.HostBuffer(s.max_nbytes, s.dtype)
+            res.device_buf[s.name] = cuda.DeviceBuffer(s.max_nbytes)
         # TensorRT-RTX captures CUDA graphs itself (after its JIT has specialized the kernels for a
-        # shape); vitrt captures its own only for full TensorRT.
-        self.use_graphs = bool(cuda_graphs) and self.flavour == "tensorrt"
-        self.graphs: dict[int, Any] = {}
+        # shape), in its one context; vitrt captures its own only for full TensorRT, one context per
+        # captured batch size (module docstring), all on one scratch allocation.
+        self.use_graphs = cuda_graphs and self.flavour == "tensorrt"
+        self._per_shape = self.use_graphs
+        self._shapes: dict[int | None, int] = {}
         self._seen: set[int] = set()
+        if self.flavour == "tensorrt-rtx":
+            res.contexts[None] = self._bind(self._rtx_context(cuda_graphs, info["sha256"]))
+        else:
+            res.scratch = cuda.DeviceBuffer(max(int(res.engine.device_memory_size_v2), 1))
+            if not self._per_shape:
+                res.contexts[None] = self._new_context()
         self.name = f"{self.flavour}[{props['name']}]"
-        self.closed = False
+
+    @property
+    def graphs(self) -> dict[int, Any]:
+        """The CUDA graphs captured so far, by batch size (full TensorRT)."""
+        return self._res.graphs if self._res is not None else {}
+
+    def _bind(self, context):
+        if context is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        for s in self.specs:
+            if not context.set_tensor_address(s.name, self._res.device_buf[s.name].ptr):
+                raise BackendError(f"set_tensor_address failed for {s.name!r}")
+        return context
+
+    def _new_context(self):
+        """Full TensorRT: a context on the shared scratch memory, bound to the I/O buffers."""
+        res = self._res
+        context = res.engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        context.set_device_memory(res.scratch.ptr, res.scratch.nbytes)
+        return self._bind(context)
 
     def _rtx_context(self, cuda_graphs: bool, sha256: str):
         """TensorRT-RTX: a runtime config with the JIT runtime cache (loaded from beside the plan when
         it is there and valid for this GPU) and its own CUDA graph strategy."""
         from ..artifacts import runtime_cache_path
 
-        trt = self.trt
-        config = self.engine.create_runtime_config()
-        self.runtime_cache = config.create_runtime_cache()
+        trt, res = self.trt, self._res
+        res.runtime_config = config = res.engine.create_runtime_config()
+        res.runtime_cache = config.create_runtime_cache()
         self.cache_path = runtime_cache_path(self.path, sha256)
         if self.cache_path.is_file():
-            self.runtime_cache.deserialize(self.cache_path.read_bytes())  # False: stale or another GPU; rebuilt
-        config.set_runtime_cache(self.runtime_cache)
+            res.runtime_cache.deserialize(self.cache_path.read_bytes())  # False: stale or another GPU; rebuilt
+        config.set_runtime_cache(res.runtime_cache)
         config.cuda_graph_strategy = (trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE if cuda_graphs
                                       else trt.CudaGraphStrategy.DISABLED)
-        return self.engine.create_execution_context(config)
+        return res.engine.create_execution_context(config)
 
+    # --- the TensorRT-RTX runtime cache, written off the request path ----------------------------------
     def save_runtime_cache(self) -> None:
         """Write TensorRT-RTX's JIT kernels for this GPU beside the plan (atomically), so that the next
-        start skips the compilation. A cache folder that cannot be written is not an error."""
-        if self.runtime_cache is None or self.cache_path is None:
+        start skips the compilation. The cache is serialized under the run lock (the JIT writes it
+        during enqueues) and written to disk outside it. A folder that cannot be written is not an error."""
+        res = self._res
+        if res is None or res.runtime_cache is None or self.cache_path is None:
             return
         from ..atomic import write_bytes
 
-        try:
-            write_bytes(self.cache_path, bytes(self.runtime_cache.serialize()))
-        except OSError:
-            pass
+        with self._save_lock:
+            with self._lock:
+                if res.runtime_cache is None:
+                    return
+                blob = bytes(res.runtime_cache.serialize())
+            try:
+                write_bytes(self.cache_path, blob)
+            except OSError:
+                pass
 
-    def _enqueue(self, stream) -> None:
-        if not self.context.execute_async_v3(stream.handle):
+    def _save_cache_soon(self) -> None:
+        """After a new batch size: save the cache from a helper thread, once this call has returned."""
+        if self._res.runtime_cache is None or self.cache_path is None:
+            return
+        self._savers = [t for t in self._savers if t.is_alive()]
+        saver = threading.Thread(target=self.save_runtime_cache, name="vitrt-runtime-cache", daemon=True)
+        self._savers.append(saver)
+        saver.start()
+
+    # --- running ------------------------------------------------------------------------------------
+    def _enqueue(self, context, stream) -> None:
+        if not context.execute_async_v3(stream.handle):
             raise BackendError("TensorRT execute_async_v3 returned False (see the TensorRT log above)")
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             if self.closed:  # closed by another thread while this one waited for the lock
                 raise BackendError("this engine is closed; expected an open one: create a new vitrt.Engine")
-            cuda = self.cuda
-            cuda.set_device(self.device)  # per thread
-            batch = None
-            for s in self.specs:
-                if s.is_input:
-                    x = feed[s.name]
-                    batch = len(x)
-                    np.copyto(self.host[s.name].array[: x.size], x.reshape(-1), casting="no")
-                    cuda.memcpy_htod_async(self.device_buf[s.name], self.host[s.name], s.nbytes(batch), self.stream)
-                    if not self.context.set_input_shape(s.name, (batch,) + s.item_shape):
-                        raise BackendError(f"set_input_shape({s.name!r}, batch {batch}) refused by the plan's profile")
-            graph = self.graphs.get(batch)
-            if graph is not None:
-                graph.launch()
-            else:
-                self._enqueue(self.stream)
-            outputs = {}
-            for s in self.specs:
-                if not s.is_input:
-                    cuda.memcpy_dtoh_async(self.host[s.name], self.device_buf[s.name], s.nbytes(batch), self.stream)
-            self.stream.synchronize()
-            for s in self.specs:
-                if not s.is_input:
-                    n = batch * int(np.prod(s.item_shape))
-                    outputs[s.name] = self.host[s.name].array[:n].reshape((batch,) + s.item_shape).copy()
-            if graph is None and self.use_graphs:
-                self._capture(batch)
-            if batch not in self._seen:  # a new shape: TensorRT-RTX compiled kernels for it
-                self._seen.add(batch)
-                self.save_runtime_cache()
-            return outputs
+            with self.cuda.using_device(self.device):
+                try:
+                    return self._run_locked(feed)
+                except BaseException:
+                    # nothing may still read the pinned input or write the outputs when the next call
+                    # reuses them: drain the stream; the first error is the one raised
+                    try:
+                        self._res.stream.synchronize()
+                    except Exception:
+                        pass
+                    raise
 
-    def _capture(self, batch: int) -> None:
+    def _run_locked(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cuda, res = self.cuda, self._res
+        (spec,) = [s for s in self.specs if s.is_input]
+        x = feed[spec.name]
+        batch = len(x)
+        key = batch if self._per_shape else None
+        context = res.contexts.get(key)
+        if context is None:
+            context = res.contexts[key] = self._new_context()
+        np.copyto(res.host[spec.name].array[: x.size], x.reshape(-1), casting="no")
+        cuda.memcpy_htod_async(res.device_buf[spec.name], res.host[spec.name], spec.nbytes(batch), res.stream)
+        if self._shapes.get(key) != batch:
+            if not context.set_input_shape(spec.name, (batch,) + spec.item_shape):
+                raise BackendError(f"set_input_shape({spec.name!r}, batch {batch}) refused by the plan's profile")
+            self._shapes[key] = batch
+        graph = res.graphs.get(batch) if self.use_graphs else None
+        if graph is not None:
+            graph.launch()
+        else:
+            self._enqueue(context, res.stream)
+        outs = [s for s in self.specs if not s.is_input]
+        for s in outs:
+            cuda.memcpy_dtoh_async(res.host[s.name], res.device_buf[s.name], s.nbytes(batch), res.stream)
+        res.stream.synchronize()
+        outputs = {}
+        for s in outs:
+            n = batch * int(np.prod(s.item_shape))
+            outputs[s.name] = res.host[s.name].array[:n].reshape((batch,) + s.item_shape).copy()
+        if graph is None and self.use_graphs:
+            self._capture(batch, context)
+        if batch not in self._seen:  # a new shape: TensorRT-RTX compiled kernels for it
+            self._seen.add(batch)
+            self._save_cache_soon()
+        return outputs
+
+    def _capture(self, batch: int, context) -> None:
         """Record the enqueue for ``batch`` as a CUDA graph, after a plain run at that shape has let
         TensorRT do its per-shape setup (TensorRT's rule for capture). Capturing records, it does not
-        execute. A plan that cannot be captured stays on plain enqueues."""
+        execute. A plan that cannot be captured stays on plain enqueues, and the log says why."""
         try:
-            self.graphs[batch] = self.cuda.Graph(self.stream, self._enqueue)
-        except BackendError:
+            self._res.graphs[batch] = self.cuda.Graph(self._res.stream, lambda s: self._enqueue(context, s))
+        except Exception as exc:
             self.use_graphs = False
+            log.warning("vitrt: CUDA graphs turned off for %s: capturing batch %d failed (%s); plain enqueues "
+                        "from now on", self.path.name, batch, exc)
 
     def _close(self) -> None:
-        with self._lock:
+        for saver in self._savers:  # they take the lock: wait for them outside it
+            saver.join()
+        try:
             self.save_runtime_cache()
-            for g in self.graphs.values():
-                g.close()
-            self.graphs.clear()
-            for buf in list(self.host.values()) + list(self.device_buf.values()):
-                buf.close()
-            self.stream.close()
-            self.context = self.engine = self.runtime = self.runtime_cache = None
+        finally:
+            with self._lock:
+                self._finalizer.detach()
+                self._res.release()
