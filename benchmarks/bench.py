@@ -121,6 +121,16 @@ class VitrtPeer:
         pass
 
 
+def torch_device() -> str:
+    """Where the PyTorch peers run: "cuda" with an NVIDIA GPU that torch sees (FP16 autocast), else
+    "cpu" (bf16 autocast)."""
+    import torch
+
+    from vitrt.cuda import gpu_count
+
+    return "cuda" if gpu_count() and torch.cuda.is_available() else "cpu"
+
+
 def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> list:
     """PyTorch eager, autocast and torch.compile (same weights as the artifacts), then every artifact."""
     import timm.data
@@ -131,7 +141,7 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> 
     onnx = next(p for p in artifacts if p.suffix == ".onnx")
     model, meta = reference_model(onnx)
     data_config = timm.data.resolve_model_data_config(model)
-    device = "cuda" if gpu_count() and torch.cuda.is_available() else "cpu"
+    device = torch_device()
     out: list = [TorchPeer("PyTorch eager FP32", model, data_config, device)]
     if device == "cuda":
         out.append(TorchPeer("PyTorch FP16 autocast", model, data_config, device, autocast=torch.float16))

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from .common import REPORTS, markdown_table, write_reports
 
-METRICS = ("cosine_min", "cosine_mean")
+#: logit_err (logits only): the worst logit error in units of the reference logits' spread; the
+#: gate's decisive_margin for top-k agreement is derived from it (export/gate.py).
+METRICS = ("cosine_min", "cosine_mean", "logit_err")
 
 
-def run(seeds: list[int], work: Path, small: bool, precisions=("int8", "fp8"), log=print) -> dict:
+def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "fp8"), log=print) -> dict:
     from export.build import BuildOptions, build
     from vitrt.artifacts import parity_path
 
@@ -38,7 +40,8 @@ def run(seeds: list[int], work: Path, small: bool, precisions=("int8", "fp8"), l
             report = json.loads((parity_path(path) if parity_path(path).is_file()
                                  else parity_path(path, failed=True)).read_text())
             rows.setdefault(precision, {})[str(seed)] = {
-                subset: {o: {m: report["metrics"][subset][o][m] for m in METRICS} for o in ("logits", "embedding")}
+                subset: {o: {m: report["metrics"][subset][o][m] for m in METRICS if m in report["metrics"][subset][o]}
+                         for o in ("logits", "embedding")}
                 for subset in report["metrics"]}
         log(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
     return {"model": "small test ViT (depth 2, width 64)" if small else "vit_base_patch16_384 (random init)",
@@ -52,9 +55,10 @@ def to_markdown(data: dict) -> str:
         first = next(iter(by_seed.values()))
         for subset, outs in first.items():
             for output in outs:
-                for metric in METRICS:
+                for metric in (m for m in METRICS if m in outs[output]):
                     vals = [by_seed[str(s)][subset][output][metric] for s in data["seeds"]]
-                    table.append([precision, subset, output, metric] + [f"{v:.4f}" for v in vals] + [f"{min(vals):.4f}"])
+                    worst = max(vals) if metric == "logit_err" else min(vals)
+                    table.append([precision, subset, output, metric] + [f"{v:.4f}" for v in vals] + [f"{worst:.4f}"])
     return f"Gate metrics over seeds: {data['model']}, calibration {data['calibration']}\n\n" + markdown_table(
         header, table, "llll" + "r" * (len(header) - 4))
 

@@ -114,11 +114,12 @@ THRESHOLDS: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "fp8": _Q_GATE,
     "int8-cpu": _Q_GATE,
 }
-AGREEMENT = ("top1_agree", "top5_agree")
+AGREEMENT = ("top1_agree", "top5_agree", "decisive_margin")
 
 
 def thresholds_for(precision: str, random_weights: bool) -> dict:
-    """The gate for ``precision``; top-k agreement dropped for random weights (see THRESHOLDS)."""
+    """The gate for ``precision``; top-k agreement (and its margin) dropped when the metadata says the
+    weights are random (see THRESHOLDS)."""
     out = {}
     for subset, outputs in THRESHOLDS[precision].items():
         kept = {o: {m: v for m, v in limits.items() if not (random_weights and m in AGREEMENT)}
@@ -134,7 +135,7 @@ def parse_gate_overrides(items: list[str] | None) -> dict[str, float]:
     from vitrt.errors import BuildError
 
     out: dict[str, float] = {}
-    metrics = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "rel") + AGREEMENT
+    metrics = ("cosine_min", "cosine_mean", "max_abs", "mean_abs", "rel", "logit_err") + AGREEMENT
     for item in items or []:
         key, _, value = item.partition("=")
         parts = key.split(".")

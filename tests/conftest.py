@@ -55,13 +55,14 @@ def build_opts(out: Path, **kw):
 
 @pytest.fixture(scope="session")
 def small_build(tmp_path_factory):
-    """`make engine PRECISION=all CALIB_DIR=builtin` on the small ViT: fp32/fp16/int8/fp8 ONNX and,
-    where no full TensorRT builds, real TensorRT-RTX plans of each (about 15 s). (paths, log)."""
+    """`make engine PRECISION=all CALIB_DIR=builtin TRT=tensorrt-rtx` on the small ViT: fp32/fp16/int8/fp8
+    ONNX and real TensorRT-RTX plans of each (about 15 s; no plans without tensorrt_rtx). (paths, log)."""
     from export.build import build
 
     out = tmp_path_factory.mktemp("small_build")
     logs: list[str] = []
-    paths = build(build_opts(out, precision="all", calib_dir="builtin"), log=logs.append)
+    # TensorRT-RTX named: on a GPU host with full TensorRT, auto would pick that one (tests/test_tensorrt_gpu.py)
+    paths = build(build_opts(out, precision="all", calib_dir="builtin", trt="tensorrt-rtx"), log=logs.append)
     return paths, logs
 
 

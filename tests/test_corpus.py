@@ -1,7 +1,6 @@
 """A corpus of bad inputs, artifacts, arguments and command lines: each gets a VitrtError subclass whose
 message says what was wrong and what was expected, and the CLI prints no traceback.
 
-Counts are asserted at the end of each group so that the README and the issue note can quote them.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ def _image_cases(tmp: Path) -> dict[str, tuple[object, type]]:
         "webp header only": (b"RIFF\x10\x00\x00\x00WEBPVP8 " + bytes(8), ImageError),
         "avif garbage": (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64), ImageError),
         "jpeg soi only": (b"\xff\xd8\xff", ImageError),
-        "bomb png header": (_with_chunk(b"", b"") or _bomb_png(100_000, 100_000), ImageError),
+        "bomb png header": (_bomb_png(100_000, 100_000), ImageError),
         "closed PIL image": (closed, ImageError),
         "lazy PIL image of a truncated file": (Image.open(lazy_path), ImageError),
         "0-d array": (np.array(3, np.uint8), InputError),
@@ -124,7 +123,6 @@ def test_image_input_corpus(tmp_path):
     for name, (source, kind) in cases.items():
         msg = _expect(lambda: vitrt.preprocess(source), kind)
         assert "Traceback" not in msg, name
-    assert len(cases) >= 40
 
 
 def test_modes_convert_like_timm(tmp_path):
@@ -171,7 +169,7 @@ def test_mutated_files_never_escape_vitrt_errors():
         except VitrtError as exc:
             assert "expected" in str(exc)
             outcomes["refused"] += 1
-    assert sum(outcomes.values()) == 600 and outcomes["refused"] > 100
+    assert outcomes["refused"] > 100 and outcomes["decoded"] > 0  # both outcomes happen: the mutations bite
 
 
 def test_failed_decodes_close_their_files(tmp_path):
@@ -258,7 +256,6 @@ def test_metadata_corpus(tmp_path, small_onnx):
         art = _with_meta(small_onnx, tmp_path / f"m{i}.onnx", _set(path, value))
         msg = _expect(lambda: vitrt.Engine(art), ArtifactError)
         assert "make engine" in msg, (name, msg)
-    assert len(META_CASES) == 30
 
 
 def test_a_3_class_graph_with_1000_class_metadata(tmp_path, small_model):
@@ -331,6 +328,11 @@ def test_plan_sidecar_corpus(tmp_path, small_onnx):
 
 
 def test_engine_arguments(small_onnx, tmp_path):
+    from vitrt.cuda import gpu_count
+
+    wrong_suffix = tmp_path / "small.onnx.json"  # a file that exists, with a suffix that is not an artifact's
+    wrong_suffix.write_bytes(small_onnx.read_bytes())
+    assert "has suffix '.json'; expected .onnx or .plan" in _expect(lambda: vitrt.Engine(wrong_suffix), ArtifactError)
     cases = [
         (lambda: vitrt.Engine(None), InputError),
         (lambda: vitrt.Engine(3), InputError),
@@ -338,7 +340,7 @@ def test_engine_arguments(small_onnx, tmp_path):
         (lambda: vitrt.Engine("a\0.onnx"), ArtifactError),
         (lambda: vitrt.Engine(tmp_path), ArtifactError),
         (lambda: vitrt.Engine(tmp_path / "x.onnx"), ArtifactError),
-        (lambda: vitrt.Engine(small_onnx.with_suffix(".parity.json")), ArtifactError),
+        (lambda: vitrt.Engine(wrong_suffix), ArtifactError),
         (lambda: vitrt.Engine(small_onnx, threads="abc"), InputError),
         (lambda: vitrt.Engine(small_onnx, threads=0), InputError),
         (lambda: vitrt.Engine(small_onnx, threads=True), InputError),
@@ -348,8 +350,9 @@ def test_engine_arguments(small_onnx, tmp_path):
         (lambda: vitrt.Engine(small_onnx, cuda_graphs="yes"), InputError),
         (lambda: vitrt.Engine(small_onnx, providers=["Nope"]), BackendError),
         (lambda: vitrt.Engine(small_onnx, providers=[3]), InputError),
-        (lambda: vitrt.Engine(small_onnx, providers=["CUDAExecutionProvider"]), BackendError),
     ]
+    if gpu_count() == 0:  # on a GPU host the CUDA provider is a fine choice (onnxruntime-gpu is in the build extra)
+        cases.append((lambda: vitrt.Engine(small_onnx, providers=["CUDAExecutionProvider"]), BackendError))
     for fn, kind in cases:
         _expect(fn, kind)
     with vitrt.Engine(small_onnx, providers="CPUExecutionProvider") as e:  # one name is one provider
@@ -399,4 +402,3 @@ def test_cli_corpus(tmp_path, small_onnx, photos):
         assert out.stdout == "", (args, out.stdout)  # nothing half-printed, no ORT banner on stdout
     ok = _cli(shell=f"{sys.executable} -m vitrt predict {photos[0]} {photos[1]} --engine {small_onnx} | head -1")
     assert ok.returncode == 0 and "Traceback" not in ok.stderr and ok.stdout.strip() == str(photos[0])
-    assert len(runs) == 14

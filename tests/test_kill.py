@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SMALL_KWARGS
 from vitrt.artifacts import parity_path, sidecar_path
 from vitrt.metadata import Metadata, sha256_file
 
@@ -30,13 +29,20 @@ def hook(step, path):
         os.kill(os.getpid(), signal.SIGKILL)
 
 publish.on_event = hook
-build(build_opts(Path(sys.argv[3]), precision="fp16"), log=lambda m: None)
+build(build_opts(Path(sys.argv[3]), precision="fp16", trt="tensorrt-rtx"), log=lambda m: None)
 """
 
-#: (event, artifact-name prefix): each step of each kind of artifact, in build order.
-KILLS = [("written", "m.onnx"), ("checked", "m.onnx"), ("report", "m.onnx"), ("published", "m.onnx"),
-         ("scratch", ".fp16"), ("written", "m_fp16.onnx"), ("report", "m_fp16.onnx"),
-         ("written", "m.plan"), ("report", "m.plan"), ("companions", "m.plan")]
+#: (event, artifact-name prefix): each step of each kind of artifact, in build order. The plan's steps
+#: need TensorRT-RTX's builder (the build extra has it); without it the build makes no plan.
+ONNX_KILLS = [("written", "m.onnx"), ("checked", "m.onnx"), ("report", "m.onnx"), ("published", "m.onnx"),
+              ("scratch", ".fp16"), ("written", "m_fp16.onnx"), ("report", "m_fp16.onnx")]
+PLAN_KILLS = [("written", "m.plan"), ("report", "m.plan"), ("companions", "m.plan")]
+
+
+def _have_rtx() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt_rtx") is not None
 
 
 def _check_published(out: Path) -> list[str]:
@@ -54,19 +60,19 @@ def _check_published(out: Path) -> list[str]:
 
 
 def test_kill_at_every_step_then_rerun(tmp_path):
+    """Each kill must land (the step happened: the process died of SIGKILL), and what it left must be
+    whole. Without tensorrt_rtx the plan's steps are not run: the build then makes no plan."""
     out = tmp_path / "artifacts"
     script = SCRIPT.format(tests=str(Path(__file__).parent))
-    killed = 0
-    for event, name in KILLS:
+    plans = _have_rtx()
+    for event, name in ONNX_KILLS + (PLAN_KILLS if plans else []):
         proc = subprocess.run([sys.executable, "-c", script, event, name, str(out)], cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == -signal.SIGKILL, (event, name, proc.stderr[-2000:])
-        killed += 1
         _check_published(out)
     proc = subprocess.run([sys.executable, "-c", script, "never", "-", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _check_published(out) == ["m.onnx", "m_fp16.onnx", "m.plan"]
+    assert _check_published(out) == ["m.onnx", "m_fp16.onnx"] + (["m.plan"] if plans else [])
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # temp files and scratch removed
-    assert (out / "m.reference.npz").is_file() and killed == len(KILLS) == 10
-    assert SMALL_KWARGS  # the build is the small test ViT's (conftest.build_opts)
+    assert (out / "m.reference.npz").is_file()

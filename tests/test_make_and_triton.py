@@ -17,9 +17,11 @@ VENV = Path(sys.prefix)
 
 
 def _make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`make` on the test's own venv. HAVE_GPU= keeps `make engine` from pip-installing full TensorRT
+    into it where nvidia-smi works (a GPU host): the tests use what the venv has."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    return subprocess.run(["make", "--no-print-directory", "-C", str(cwd), *args, f"VENV={VENV}"],
+    return subprocess.run(["make", "--no-print-directory", "-C", str(cwd), *args, f"VENV={VENV}", "HAVE_GPU="],
                           capture_output=True, text=True, timeout=900)
 
 

@@ -109,12 +109,19 @@ def test_wrong_type():
         preprocess(42)
 
 
-def test_pil_mode_that_cannot_become_rgb():
-    img = Image.new("F", (20, 20))
-    try:
-        img.convert("RGB")
-    except ValueError:
-        with pytest.raises(ImageError, match="mode 'F'"):
-            preprocess(img)
-    else:  # this Pillow converts F -> RGB: then vitrt must too, like timm's loader
-        assert preprocess(img).shape == (384, 384, 3)
+def test_pil_mode_that_cannot_become_rgb(monkeypatch):
+    """timm's loader does ``convert("RGB")``: what Pillow converts, vitrt converts the same way (F here);
+    what Pillow refuses (ValueError, e.g. mode 'La' in Pillow 13) is an ImageError that names the mode."""
+    img = Image.new("F", (20, 20), 3.0)
+    np.testing.assert_array_equal(preprocess(img), preprocess(img.convert("RGB")))
+    la = Image.new("LA", (20, 20))
+    convert = Image.Image.convert
+
+    def refuse(self, mode=None, *args, **kwargs):
+        if self is la:
+            raise ValueError("conversion from LA to RGB not supported")
+        return convert(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(ImageError, match=r"has mode 'LA' that cannot be converted to RGB \(conversion from LA"):
+        preprocess(la)

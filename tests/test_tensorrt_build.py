@@ -68,8 +68,9 @@ def test_graph_options_parse_and_build(tmp_path, small_model, rtx, variant):
 
 
 def test_every_precision_is_a_real_plan(small_build, rtx, capsys):
-    """`make engine PRECISION=all` without a GPU: TensorRT-RTX plans of fp16, int8 and fp8, with sidecars
-    that say what they are and that parity was not run here."""
+    """`make engine PRECISION=all TRT=tensorrt-rtx`: TensorRT-RTX plans of fp16, int8 and fp8, with sidecars
+    that say what they are and that parity was not run here (the build never runs an RTX plan)."""
+    from export.trt_build import cuda_major
     from vitrt.cli import main
 
     paths, logs = small_build
@@ -80,7 +81,7 @@ def test_every_precision_is_a_real_plan(small_build, rtx, capsys):
         assert plan.stat().st_size > 1 << 20  # the serialized engine, weights included (2.5-3.2 MB here)
         side = Metadata.from_json_file(plan.with_name(plan.name + ".json")).data
         info = side["plan"]
-        assert info["flavour"] == "tensorrt-rtx" and info["tensorrt"] == trt.__version__ and info["cuda_major"] == 13
+        assert info["flavour"] == "tensorrt-rtx" and info["tensorrt"] == trt.__version__ and info["cuda_major"] == cuda_major("tensorrt-rtx")
         assert info["targets"] == (["8.9", "12.0"] if precision == "fp8" else ["8.6", "8.9", "12.0"])
         assert info["gpu"] is None and side["precision"] == precision
         assert side["batch"] == {"min": 1, "opt": 8, "max": 32, "dynamic": True}
@@ -132,22 +133,34 @@ def test_fp8_needs_sm89_and_sm90_is_refused(small_build, rtx, tmp_path):
         _build(paths["fp16"], rtx, targets=["9.0"])
 
 
-def test_the_real_runtime_refuses_a_plan_without_a_gpu(small_build):
-    """TensorRT-RTX's own runtime, here: without a GPU, get_engine_validity says INVALID (no reason
-    bits) and deserializing returns None, cleanly. vitrt asks cudaGetDeviceCount first anyway."""
+def test_the_real_runtime_judges_a_plan_for_this_machine(small_build):
+    """TensorRT-RTX's own runtime on the plan for sm_86/89/120: without a GPU, INVALID with no reason
+    bits (vitrt asks cudaGetDeviceCount first anyway); on a GPU among the targets, VALID (or
+    SUBOPTIMAL); on any other (an H100 is sm_90), INVALID with UNSUPPORTED_CC."""
+    from cuda.bindings import runtime as cudart
+
     paths, _ = small_build
     data = paths["plan_fp16"].read_bytes()
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     validity, bits = runtime.get_engine_validity(data[: runtime.engine_header_size])
-    assert validity == trt.EngineValidity.INVALID and bits == 0
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or not count:
+        assert validity == trt.EngineValidity.INVALID and bits == 0
+        return
+    from vitrt.cuda import device_properties
+
+    if device_properties(0)["compute_capability"] in ("8.6", "8.9", "12.0"):
+        assert validity in (trt.EngineValidity.VALID, trt.EngineValidity.SUBOPTIMAL), (validity, bits)
+    else:
+        assert validity == trt.EngineValidity.INVALID and int(bits) & int(trt.EngineInvalidityDiagnostics.UNSUPPORTED_CC)
 
 
-def test_make_engine_without_a_gpu_builds_rtx_plans_and_plan_no_skips_them(tmp_path):
-    """The Makefile's knobs reach the builder: TARGETS, and PLAN=no."""
+def test_make_engine_builds_rtx_plans_and_plan_no_skips_them(tmp_path):
+    """The Makefile's knobs reach the builder: TRT, TARGETS, and PLAN=no."""
     from test_make_and_triton import _make
 
     kwargs = json.dumps(SMALL_KWARGS).replace(" ", "")
-    out = _make("engine", f"ARTIFACTS={tmp_path}", "WEIGHTS=random", "PRECISION=fp16", "TARGETS=sm89",
+    out = _make("engine", f"ARTIFACTS={tmp_path}", "WEIGHTS=random", "PRECISION=fp16", "TRT=tensorrt-rtx", "TARGETS=sm89",
                 f"EXPORT_ARGS=--model-kwargs '{kwargs}'")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     side = json.loads((tmp_path / "b16_384.plan.json").read_text())

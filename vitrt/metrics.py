@@ -6,6 +6,15 @@ Definitions (used by the export check, the parity gate and ``make parity``):
 - top1_agree: fraction of samples whose argmax is the same.
 - top5_agree: fraction of samples whose reference top-1 class is in the candidate's top-5
   (top-5 accuracy with the reference's answer as the label).
+- logit_err: the candidate's largest logit error on a sample in units of that sample's reference
+  logit spread (max_j |got_j - ref_j| / std(ref)), worst over the samples: the scale on which a
+  top-1 decision can flip.
+- With a ``margin`` (the gate's ``decisive_margin``), agreement counts only the *decisive* samples:
+  top-1 over those whose reference top-1 leads the second class by more than ``margin`` spreads, top-5
+  over those whose top-1 leads the sixth by more. A flip can only happen where the lead is below
+  twice the logit error, so a near-tie (random weights, an ambiguous photo) says nothing and is left
+  out, while a flip on a decisive sample means the candidate erred beyond what was measured for its
+  precision. ``top1_decisive``/``top5_decisive`` give the counts; the agreement is None when none is.
 """
 
 from __future__ import annotations
@@ -42,18 +51,33 @@ def compare_output(ref: np.ndarray, got: np.ndarray) -> dict:
     }
 
 
-def agreement(ref_logits: np.ndarray, got_logits: np.ndarray) -> dict:
-    ref1 = topk_indices(ref_logits, 1)[:, 0]
+def _mean(hits: np.ndarray, keep: np.ndarray) -> float | None:
+    return float(hits[keep].mean()) if keep.any() else None
+
+
+def agreement(ref_logits: np.ndarray, got_logits: np.ndarray, margin: float | None = None) -> dict:
+    ref = ref_logits.astype(np.float64)
+    ref1 = topk_indices(ref, 1)[:, 0]
     got5 = topk_indices(got_logits, 5)
-    return {
-        "top1_agree": float((got5[:, 0] == ref1).mean()),
-        "top5_agree": float((got5 == ref1[:, None]).any(1).mean()),
-    }
+    spread = ref.std(axis=1)
+    spread = np.where(spread > 0, spread, 1.0)
+    err = (np.abs(got_logits.astype(np.float64) - ref).max(axis=1) / spread)
+    top1, top5 = got5[:, 0] == ref1, (got5 == ref1[:, None]).any(1)
+    out = {"logit_err": float(err.max())}
+    if margin is None:
+        return {**out, "top1_agree": float(top1.mean()), "top5_agree": float(top5.mean())}
+    lead = -np.sort(-ref, axis=1)
+    k = min(5, ref.shape[1] - 1)
+    decisive1 = (lead[:, 0] - lead[:, 1]) / spread > margin
+    decisive5 = (lead[:, 0] - lead[:, k]) / spread > margin
+    return {**out, "top1_agree": _mean(top1, decisive1), "top5_agree": _mean(top5, decisive5),
+            "top1_decisive": int(decisive1.sum()), "top5_decisive": int(decisive5.sum()), "decisive_margin": margin}
 
 
-def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict:
-    """Per-output metrics for every output both have, plus top-k agreement on ``logits``."""
+def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], margin: float | None = None) -> dict:
+    """Per-output metrics for every output both have, plus top-k agreement on ``logits`` (over the
+    decisive samples only when ``margin`` is given)."""
     out = {name: compare_output(ref[name], got[name]) for name in ref if name in got}
     if "logits" in out:
-        out["logits"].update(agreement(ref["logits"], got["logits"]))
+        out["logits"].update(agreement(ref["logits"], got["logits"], margin))
     return out

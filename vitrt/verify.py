@@ -27,7 +27,12 @@ BATCH_SIZES = (1, 3, 8)
 REFERENCE_FORMAT = 1
 SUBSETS = ("photos", "synthetic")
 #: Metrics that are upper bounds; every other metric is a lower bound.
-UPPER_BOUNDS = ("max_abs", "rel", "mean_abs")
+UPPER_BOUNDS = ("max_abs", "rel", "mean_abs", "logit_err")
+#: Entries of a gate that are parameters of its metrics, not limits: ``decisive_margin`` (under
+#: ``<subset>.logits``) makes top-k agreement count only decisive samples (vitrt.metrics).
+PARAMETERS = ("decisive_margin",)
+#: Agreement over no decisive sample: nothing to measure, so the limit holds (and the report says so).
+AGREEMENT = ("top1_agree", "top5_agree")
 
 
 # --- the reference file ---------------------------------------------------------------------------
@@ -102,10 +107,17 @@ def check_thresholds(metrics: dict, thresholds: dict[str, dict[str, dict[str, fl
         subsets = list(metrics) if subset == "*" else [subset]
         for output, limits in outputs.items():
             for metric, limit in limits.items():
+                if metric in PARAMETERS:
+                    continue
                 upper = metric in UPPER_BOUNDS
                 values = [metrics[s][output][metric] for s in subsets
                           if s in metrics and output in metrics[s] and metric in metrics[s][output]]
                 key = f"{output}.{metric}" if subset == "*" else f"{subset}.{output}.{metric}"
+                if metric in AGREEMENT and values and all(v is None for v in values):
+                    checks[key] = {"value": None, "limit": limit, "bound": "min", "held": True,
+                                   "note": "no decisive image (every reference top-k lead is within the margin)"}
+                    continue
+                values = [v for v in values if v is not None]
                 if not values:
                     checks[key] = {"value": None, "limit": limit, "bound": "max" if upper else "min", "held": False}
                     continue
@@ -115,8 +127,18 @@ def check_thresholds(metrics: dict, thresholds: dict[str, dict[str, dict[str, fl
     return checks
 
 
+def margin_of(thresholds: dict, subset: str) -> float | None:
+    """The gate's ``decisive_margin`` for ``subset`` (or for every subset, under "*")."""
+    for key in (subset, "*"):
+        value = thresholds.get(key, {}).get("logits", {}).get("decisive_margin")
+        if value is not None:
+            return float(value)
+    return None
+
+
 def parity_report(reference: dict, candidate: dict, thresholds: dict, **info: Any) -> dict:
-    metrics = {subset: compare(reference[subset], candidate[subset]) for subset in reference}
+    metrics = {subset: compare(reference[subset], candidate[subset], margin_of(thresholds, subset))
+               for subset in reference}
     checks = check_thresholds(metrics, thresholds)
     return {**info, "metrics": metrics, "thresholds": checks, "passed": all(c["held"] for c in checks.values())}
 
@@ -128,13 +150,14 @@ def format_report(report: dict) -> str:
              + (f" on {report['backend']}" if report.get("backend") else "") + ":"]
     for subset, m in report["metrics"].items():
         lg, em = m.get("logits", {}), m.get("embedding", {})
+        agree = " ".join(f"top{k} " + ("n/a" if lg.get(f"top{k}_agree") is None else f"{lg[f'top{k}_agree']:.3f}")
+                         + (f" of {lg[f'top{k}_decisive']} decisive" if f"top{k}_decisive" in lg else "") for k in (1, 5))
         lines.append(f"  {subset:<9} n={len(lg.get('cosine', []))}: logits cos min {lg.get('cosine_min', nan):.7f} "
                      f"max|d| {lg.get('max_abs', nan):.3g}  embedding cos min {em.get('cosine_min', nan):.7f} "
-                     f"max|d| {em.get('max_abs', nan):.3g}  top1 {lg.get('top1_agree', nan):.3f} "
-                     f"top5 {lg.get('top5_agree', nan):.3f}")
+                     f"max|d| {em.get('max_abs', nan):.3g}  {agree}")
     for name, c in report["thresholds"].items():
         op = "<=" if c["bound"] == "max" else ">="
-        value = "not measured" if c["value"] is None else f"{c['value']:.7g}"
+        value = (c.get("note") or "not measured") if c["value"] is None else f"{c['value']:.7g}"
         lines.append(f"  {'ok  ' if c['held'] else 'FAIL'} {name} = {value} {op} {c['limit']}")
     return "\n".join(lines)
 
