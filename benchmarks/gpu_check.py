@@ -6,11 +6,12 @@ onnxruntime; no TensorRT and no network. TensorRT-RTX travels as wheels (benchma
 Checks, each PASS / FAIL / SKIP (with the reason):
   gpu       a CUDA device: name, compute capability, driver
   cuda      vitrt.cuda: pinned + device buffers, async copies (and their bandwidth), stream, CUDA graph
-  rtx       a TensorRT-RTX plan of the small test ViT, built here for sm_89 (ahead of time, as on a CPU):
-            on a GPU outside its targets, TensorRT-RTX's get_engine_validity must say UNSUPPORTED_CC
-            and vitrt.Engine must refuse it with an ArtifactError naming the GPU, the targets and the
-            fix (an H100/H200 is sm_90, which TensorRT-RTX does not support); on a supported RTX GPU,
-            the plan must pass `vitrt verify`
+  rtx       a TensorRT-RTX plan of the small test ViT, built here ahead of time (as on a CPU): on a GPU
+            TensorRT-RTX supports, for that GPU, run end to end: `vitrt verify` (the parity gate) and
+            batches 3, 1, 3, 1, 3 with new data each time, graphs on against graphs off; on any other
+            (an H100/H200 is sm_90), for sm_89: get_engine_validity must say UNSUPPORTED_CC and
+            vitrt.Engine must refuse it with an ArtifactError naming the GPU, the targets and the fix
+  tensorrt  the same A->B->A graph run on a full-TensorRT plan, when `tensorrt` is importable here
   torch     ViT-B/16-384 (random init) throughput in PyTorch at batch 1/8/32/64: FP32 eager, FP16
             eager, FP16 torch.compile and FP16 replayed as a CUDA graph, beside each other
   pytest    the tests marked `gpu`
@@ -95,14 +96,31 @@ def check_cuda() -> None:
                            "stream sync, graph capture + replay", h2d_gbps=h2d, d2h_gbps=d2h)
 
 
-def rtx_verdict(trt, validity, bits: int, gpu: dict) -> tuple[str, str]:
-    """What TensorRT-RTX's answer for a plan built for sm_89 means on ``gpu``: (status, detail)."""
+def a_b_a(plan: Path, seed: int = 0) -> float:
+    """Batches 3, 1, 3, 1, 3 with new data each time through ``plan`` with CUDA graphs on and off: the
+    largest difference between the two (a graph replayed on another shape's setup gives stale rows).
+    Raises when it exceeds FP16 rounding (1e-2 absolute on O(1) outputs)."""
+    import vitrt
+
+    rng, worst = np.random.default_rng(seed), 0.0
+    with vitrt.Engine(plan, cuda_graphs=True) as graphs, vitrt.Engine(plan, cuda_graphs=False) as plain:
+        for n in (3, 1, 3, 1, 3):
+            x = rng.integers(0, 256, (n, 384, 384, 3), dtype=np.uint8)
+            a, b = graphs.infer(x), plain.infer(x)
+            worst = max(worst, *(float(np.abs(a[k] - b[k]).max()) for k in a))
+    if worst > 1e-2:
+        raise AssertionError(f"graphs on vs off differ by {worst:.3g} over batches 3,1,3,1,3 (stale replay?)")
+    return worst
+
+
+def rtx_verdict(trt, validity, bits: int, gpu: dict, target: str = "8.9") -> tuple[str, str]:
+    """What TensorRT-RTX's answer for a plan built for ``target`` means on ``gpu``: (status, detail)."""
     reasons = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(bits) & int(v)]
     supported = "SM" + gpu.get("compute_capability", "0.0").replace(".", "") in trt.ComputeCapability.__members__
     if validity != trt.EngineValidity.INVALID:
-        if gpu.get("compute_capability") == "8.9":
+        if gpu.get("compute_capability") == target:
             return "PASS", f"plan valid on {gpu['name']} (its target)"
-        return "FAIL", f"get_engine_validity says {validity} for an sm_89 plan on {gpu.get('name')}; expected INVALID"
+        return "FAIL", f"get_engine_validity says {validity} for an sm_{target.replace('.', '')} plan on {gpu.get('name')}; expected INVALID"
     if not supported and "UNSUPPORTED_CC" in reasons:
         return "PASS", f"refused as expected: INVALID, {', '.join(reasons)} on {gpu['name']} (sm {gpu['compute_capability']})"
     return "FAIL", (f"INVALID with reasons {reasons or 'none'} on {gpu.get('name', 'no GPU')}; expected UNSUPPORTED_CC "
@@ -122,16 +140,19 @@ def check_rtx(work: Path, gpu: dict) -> None:
     from vitrt.errors import ArtifactError
 
     t0 = time.perf_counter()
+    cc = gpu.get("compute_capability", "0.0")
+    supported = "SM" + cc.replace(".", "") in trt.ComputeCapability.__members__
+    target = cc if supported else "8.9"  # a supported RTX GPU gets a plan for itself, run end to end
     built = build(BuildOptions(weights="random", model_kwargs={"depth": 2, "embed_dim": 64, "num_heads": 2},
-                               output_dir=work, name="small", precision="fp32", plan="yes", trt="tensorrt-rtx",
-                               targets="sm89", force=True), log=lambda m: None)
-    plan = built["plan_fp32"]
+                               output_dir=work, name="small", precision="fp16", plan="yes", trt="tensorrt-rtx",
+                               targets="sm" + target.replace(".", ""), force=True), log=lambda m: None)
+    plan = built["plan_fp16"]
     data = plan.read_bytes()
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     validity, bits = runtime.get_engine_validity(data[: runtime.engine_header_size])
-    status, detail = rtx_verdict(trt, validity, bits, gpu)
+    status, detail = rtx_verdict(trt, validity, bits, gpu, target)
     message = None
-    if gpu.get("compute_capability") != "8.9":
+    if not supported:
         try:
             vitrt.Engine(plan).close()
             status, detail = "FAIL", detail + "; but vitrt.Engine opened the plan"
@@ -146,8 +167,10 @@ def check_rtx(work: Path, gpu: dict) -> None:
     else:
         with vitrt.Engine(plan) as engine:
             report = engine.verify()
-        status = "PASS" if report["passed"] else "FAIL"
-        detail += f"; vitrt verify {'passed' if report['passed'] else 'FAILED'}"
+        worst = a_b_a(plan)
+        status = "PASS" if report["passed"] and status == "PASS" else "FAIL"
+        detail += (f"; vitrt verify {'passed' if report['passed'] else 'FAILED'}; batches 3,1,3,1,3 graphs on vs off "
+                   f"max |diff| {worst:.2g}")
     record("rtx", status, detail + f" ({time.perf_counter() - t0:.0f} s, TensorRT-RTX {trt.__version__})",
            validity=str(validity), diagnostics=int(bits), engine_error=message, plan_bytes=len(data))
 
@@ -232,6 +255,22 @@ def check_torch(deadline: float, batches=BATCHES) -> None:
            tf32=False, torch=torch.__version__)
 
 
+@check("tensorrt")
+def check_tensorrt(work: Path) -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        record("tensorrt", "SKIP", "full TensorRT is not installed here (the lent machines have none)")
+        return
+    from export.build import BuildOptions, build
+
+    built = build(BuildOptions(weights="random", model_kwargs={"depth": 2, "embed_dim": 64, "num_heads": 2},
+                               output_dir=work, name="small", precision="fp16", plan="yes", trt="tensorrt",
+                               force=True), log=lambda m: None)
+    worst = a_b_a(built["plan_fp16"])
+    record("tensorrt", "PASS", f"full TensorRT fp16 plan: batches 3,1,3,1,3 graphs on vs off max |diff| {worst:.2g}")
+
+
 @check("pytest")
 def check_pytest() -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
@@ -261,6 +300,8 @@ def main(argv=None) -> int:
             check_cuda()
         if "rtx" not in skip:
             check_rtx(args.out_dir / "rtx_work", props)
+        if "tensorrt" not in skip:
+            check_tensorrt(args.out_dir / "tensorrt_work")
         if "torch" not in skip:
             check_torch(deadline)
         if "pytest" not in skip:

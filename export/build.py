@@ -221,8 +221,10 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
     fp32_sha = sha256_file(fp32) if precisions else None  # hashed once: every variant records it
     for precision in precisions:
         built[precision] = _build_variant(ctx, precision, calib, calib_prov, fp32_sha, ref_meta, log)
-    if opts.plan != "no":
-        gpu_precisions = [p for p in precisions if p not in CPU_PRECISIONS]
+    gpu_precisions = [p for p in precisions if p not in CPU_PRECISIONS]
+    if opts.plan == "yes" or (opts.plan == "auto" and gpu_precisions):
+        # plans for the GPU precisions asked; PRECISION=fp32 or int8-cpu alone asks for none (a CPU
+        # deployment wants no plan), unless PLAN=yes, which then builds the fp32 one
         built.update(_build_plans(ctx, built, gpu_precisions or ["fp32"], log))
     _say_what_serves_here(built, log)
     return built
@@ -309,9 +311,10 @@ def _build_plans(ctx: _Context, built: dict[str, Path], precisions: list[str], l
         if flavour.targets:
             plan_targets = trt_build.targets_for(precision, targets)
             if not plan_targets:
-                log(f"skipping {plan.name}: {precision} needs sm_89 or newer and TARGETS has none "
-                    f"({', '.join(targets)})")
-                continue
+                need = ".".join(map(str, trt_build.MIN_COMPUTE[precision]))
+                raise BuildError(f"{plan.name}: {precision} needs compute capability >= {need} and TARGETS has none "
+                                 f"({', '.join(targets)}); expected at least one such target, e.g. TARGETS=sm89,sm120 "
+                                 f"(vitrt never drops a precision silently)")
             runs_here = here is not None and here in plan_targets
         else:
             runs_here = True  # full TensorRT builds on the GPU it targets

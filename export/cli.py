@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export",
         description="Export timm's ViT-B/16-384 to ONNX (fp32, verified against PyTorch) and make its FP16/INT8/FP8 "
                     "variants, each checked by a parity gate, with vitrt metadata.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("model and weights")
     g.add_argument("--model", default=D.MODEL, help="timm model name (default: %(default)s)")
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--opset", type=int, default=D.OPSET, help="ONNX opset, >= 18 (default: %(default)s)")
     g.add_argument("--max-batch", type=int, default=D.MAX_BATCH_ONNX,
                    help="largest batch the runtime sends at once; larger ones are split (default: %(default)s)")
-    g = p.add_argument_group("precision (see README: FP16 everywhere, INT8 on Ampere+, FP8 on Hopper+)")
+    g = p.add_argument_group("precision (the GPUs that run each: export/trt_build.py MIN_COMPUTE)")
     g.add_argument("--precision", default=D.PRECISION, metavar="P",
                    help="variants to make besides the fp32 graph: fp32 (none), fp16, int8, fp8 (for TensorRT), "
                         "int8-cpu (for ONNX Runtime's CPU provider), all, or a comma-separated list (default: %(default)s)")
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="OPS", help="experiments: op types ModelOpt quantizes in int8/fp8, instead of its "
                                        "choice (default: ModelOpt's)")
     g.add_argument("--quantize-attention", action="store_true",
-                   help="experiments: also quantize the attention MatMuls (costs accuracy; default: off)")
+                   help="experiments: also quantize the attention MatMuls, which costs accuracy (default: off)")
     g.add_argument("--allow-parity-failure", action="store_true",
                    help="publish a variant that fails its parity gate; the report says so (default: off)")
     g = p.add_argument_group("TensorRT plans (full TensorRT on a GPU; TensorRT-RTX anywhere, for RTX GPUs)")

@@ -29,7 +29,9 @@ from vitrt.metadata import Metadata, sha256_file
 from .defaults import MAX_BATCH_PLAN, MIN_BATCH, OPT_BATCH, OPT_LEVEL, RTX_TARGETS, WORKSPACE_GIB
 
 FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}  # flavour -> Python module
-#: Oldest compute capability whose tensor cores run each precision in TensorRT.
+#: Oldest compute capability whose tensor cores run each precision in TensorRT: the one place that
+#: says which GPU generations run INT8 (Turing sm_75 on) and FP8 (Ada sm_89, Hopper sm_90 on); the
+#: README, docs/precision.md and docs/tensorrt.md point here.
 MIN_COMPUTE = {"fp32": (0, 0), "fp16": (7, 0), "int8": (7, 5), "fp8": (8, 9)}
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "UINT8": "uint8", "INT8": "int8", "INT32": "int32",
                "INT64": "int64", "BOOL": "bool", "BF16": "bfloat16", "FP8": "float8"}

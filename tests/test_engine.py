@@ -26,6 +26,8 @@ def test_predict_one_and_many(engine, photos):
     assert one[0].label == imagenet_labels()[one[0].index]
     many = engine.predict(photos[:3], topk=3)
     assert len(many) == 3 and all(len(r) == 3 for r in many)
+    assert engine.predict((p for p in photos[:3]), topk=3) == many  # a generator is many images, not one
+    assert engine.embed(iter(photos[:2])).shape == (2, engine.metadata.data["model"]["num_features"])
     assert many[0][0].index == one[0].index and many[0][0].prob == pytest.approx(one[0].prob, rel=1e-5)
 
 
@@ -113,6 +115,10 @@ def test_nchw_variant_agrees_with_uint8(small_onnx, small_onnx_nchw, photos):
         assert [p.index for p in a.predict(photos[0])] == [p.index for p in b.predict(photos[0])]
         with pytest.raises(InputError, match="dtype uint8; expected float32 NCHW"):
             b.infer(np.zeros((1, 3, 384, 384), np.uint8))
+        # the README's raw path works on both layouts: preprocess() gives crops, infer() takes them
+        raw_a, raw_b = a.infer(a.preprocess(photos[0])[None]), b.infer(b.preprocess(photos[0])[None])
+        np.testing.assert_array_equal(raw_b["embedding"], eb[:1])
+        np.testing.assert_allclose(raw_a["embedding"], raw_b["embedding"], rtol=1e-4, atol=1e-5)
 
 
 def test_close_and_context_manager(small_onnx, photos):

@@ -49,3 +49,20 @@ def test_imports_point_one_way():
                     if floors.get(top, -1) > floor:
                         wrong.append(f"{path.relative_to(root)} imports {name}")
     assert not wrong, wrong
+
+
+def test_the_wheel_carries_the_runtime_alone(tmp_path):
+    """`pip install 'vitrt[cpu]'` installs the package `vitrt` and nothing else at the top level (no
+    generic `export` package); the build stage runs from the repository."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                          str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("vitrt-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"vitrt"}, tops
+    entry = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt"))
+    assert "export" not in zipfile.ZipFile(wheel).read(entry).decode()

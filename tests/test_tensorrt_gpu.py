@@ -62,16 +62,35 @@ def test_small_plan_matches_onnx_runtime(small_plans, photos, precision, cos):
             assert ref.predict(photos[0])[0].index == trt.predict(photos[0])[0].index
 
 
-def test_plan_graphs_on_and_off_agree(small_plans, photos):
+def test_plan_graphs_replay_right_after_shape_changes(small_plans):
+    """Batches 3, 1, 3, 1, 3 with new data each time, graphs on vs off: a graph replayed on another
+    shape's setup would give stale rows (errors of O(1)); FP16 kernels agree to rounding (1e-2 abs)."""
+    from benchmarks.gpu_check import a_b_a
+
     plan = small_plans["plan_fp16"]
-    batch = None
-    with vitrt.Engine(plan, cuda_graphs=True) as g, vitrt.Engine(plan, cuda_graphs=False) as p:
-        batch = np.stack([g.preprocess(x) for x in photos[:3]])
-        first, second, plain = g.infer(batch), g.infer(batch), p.infer(batch)  # second: graph replay
+    assert a_b_a(plan) <= 1e-2
+    with vitrt.Engine(plan) as g:
+        g.infer(np.zeros((3, 384, 384, 3), np.uint8))
+        g.infer(np.zeros((3, 384, 384, 3), np.uint8))
         assert 3 in g.backend.graphs
-        for k in first:
-            np.testing.assert_array_equal(first[k], second[k])
-            np.testing.assert_allclose(first[k], plain[k], rtol=1e-3, atol=1e-3)
+
+
+def test_rtx_plan_end_to_end_on_this_gpu(tmp_path):
+    """A TensorRT-RTX plan built for this GPU runs: parity gate (vitrt verify) and A->B->A graphs."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    from benchmarks.gpu_check import a_b_a
+    from conftest import build_opts
+    from export.build import build
+    from vitrt.cuda import device_properties
+
+    cc = device_properties(0)["compute_capability"]
+    if "SM" + cc.replace(".", "") not in trt.ComputeCapability.__members__:
+        pytest.skip(f"TensorRT-RTX does not run on compute capability {cc} (an H100/H200 is 9.0)")
+    built = build(build_opts(tmp_path, precision="fp16", plan="yes", trt="tensorrt-rtx",
+                             targets="sm" + cc.replace(".", "")))
+    with vitrt.Engine(built["plan_fp16"]) as e:
+        assert e.verify()["passed"]
+    assert a_b_a(built["plan_fp16"]) <= 1e-2
 
 
 def test_plan_errors(small_plans, tmp_path):

@@ -22,9 +22,13 @@ class Prediction(NamedTuple):
 
 
 def _is_single(images: Any) -> bool:
+    """One image: a path, bytes, a PIL image, an HxWx3 array (anything :func:`to_pil` takes). Many: a
+    list, a tuple, an NxHxWx3 array, or any other iterable such as a generator."""
     if isinstance(images, np.ndarray):
         return images.ndim != 4
-    return not isinstance(images, (list, tuple))
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, dict)) or hasattr(images, "getpixel"):
+        return True
+    return not hasattr(images, "__iter__")
 
 
 class Engine:
@@ -130,6 +134,9 @@ class Engine:
         meta = self.metadata
         if not isinstance(batch, np.ndarray):
             raise InputError(f"batch is a {type(batch).__name__}; expected a numpy array")
+        if (meta.input_layout == "NCHW" and batch.dtype == np.uint8 and batch.ndim == 4
+                and tuple(batch.shape[1:]) == (*meta.image_size, 3)):
+            batch = normalize_nchw(batch, meta.data_config)  # preprocess()'s crops: normalized as the graph expects
         want = meta.input_dtype
         if batch.dtype != np.dtype(want):
             raise InputError(f"batch has dtype {batch.dtype}; expected {want} {meta.input_layout} "
@@ -142,9 +149,10 @@ class Engine:
         return np.ascontiguousarray(batch)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw outputs (name -> array) for a preprocessed batch: uint8 [N, 384, 384, 3] for the
-        default artifacts, float32 [N, 3, 384, 384] for NCHW ones. Batches larger than the
-        artifact's ``max_batch`` are split; outputs keep the input order."""
+        """Raw outputs (name -> array) for a preprocessed batch: uint8 [N, 384, 384, 3] crops (what
+        :meth:`preprocess` makes; an NCHW artifact gets them normalized here), or for NCHW artifacts
+        float32 [N, 3, 384, 384] already normalized. Batches larger than the artifact's ``max_batch``
+        are split; outputs keep the input order."""
         batch = self._check_batch(batch)
         step = self.metadata.max_batch
         name = self.metadata.input_name
@@ -154,10 +162,8 @@ class Engine:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _run_images(self, images: Any) -> tuple[dict[str, np.ndarray], bool]:
-        batch = self._batch(images)
-        if self.metadata.input_layout == "NCHW":
-            batch = normalize_nchw(batch, self.metadata.data_config)
-        return self.infer(batch), _is_single(images)
+        single = _is_single(images)
+        return self.infer(self._batch(images)), single
 
     # --- tasks ----------------------------------------------------------------------------
     def predict(self, images: Any, topk: int = 5):
