@@ -226,6 +226,9 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
         # plans for the GPU precisions asked; PRECISION=fp32 or int8-cpu alone asks for none (a CPU
         # deployment wants no plan), unless PLAN=yes, which then builds the fp32 one
         built.update(_build_plans(ctx, built, gpu_precisions or ["fp32"], log))
+    elif opts.plan == "auto":
+        log(f"No TensorRT plan: PRECISION={opts.precision} asks for no GPU precision (fp16, int8, fp8); "
+            f"PLAN=yes builds {artifacts.plan_path(opts.output_dir, opts.name, 'fp32').name}.")
     _say_what_serves_here(built, log)
     return built
 

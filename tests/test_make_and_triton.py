@@ -26,7 +26,8 @@ def _make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def test_make_engine_without_full_tensorrt(tmp_path):
-    """TRT=tensorrt where full TensorRT cannot build: ONNX only with a plain message, or an error with PLAN=yes."""
+    """PRECISION=fp32 asks for no plan (a plain message says so); TRT=tensorrt PLAN=yes where full
+    TensorRT cannot build is an error."""
     from export.trt_build import load
 
     if not isinstance(load("tensorrt"), str):
@@ -35,7 +36,7 @@ def test_make_engine_without_full_tensorrt(tmp_path):
     out = _make("engine", f"ARTIFACTS={tmp_path}", "WEIGHTS=random", "PRECISION=fp32", "TRT=tensorrt",
                 f"EXPORT_ARGS=--model-kwargs '{kwargs}'")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "No TensorRT flavour can build plans here" in out.stdout
+    assert "No TensorRT plan: PRECISION=fp32 asks for no GPU precision" in out.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b16_384.onnx", "b16_384.onnx.parity.json",
                                                           "b16_384.reference.npz"]
     out = _make("engine", f"ARTIFACTS={tmp_path}", "WEIGHTS=random", "PRECISION=fp32", "PLAN=yes", "TRT=tensorrt",

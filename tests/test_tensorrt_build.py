@@ -133,6 +133,20 @@ def test_fp8_needs_sm89_and_sm90_is_refused(small_build, rtx, tmp_path):
         _build(paths["fp16"], rtx, targets=["9.0"])
 
 
+def test_fp8_without_an_sm89_target_stops_the_build(small_build, tmp_path):
+    """`make engine PRECISION=fp8 TARGETS=sm86`: an error, not a build that exits 0 without the plan."""
+    import shutil
+
+    from conftest import build_opts
+    from export.build import build
+
+    paths, _ = small_build
+    out = tmp_path / "copy"
+    shutil.copytree(paths["fp32"].parent, out)  # the fp8 ONNX is reused; only the plan step runs
+    with pytest.raises(BuildError, match=r"m_fp8.plan: fp8 needs compute capability >= 8.9 and TARGETS has none \(8.6\)"):
+        build(build_opts(out, precision="fp8", calib_dir="builtin", trt="tensorrt-rtx", targets="sm86"), log=_quiet)
+
+
 def test_the_real_runtime_judges_a_plan_for_this_machine(small_build):
     """TensorRT-RTX's own runtime on the plan for sm_86/89/120: without a GPU, INVALID with no reason
     bits (vitrt asks cudaGetDeviceCount first anyway); on a GPU among the targets, VALID (or
