@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -32,7 +33,9 @@ def _is_single(images: Any) -> bool:
 
 
 class Engine:
-    """Runs a vitrt artifact: ``.onnx`` on ONNX Runtime, ``.plan`` on TensorRT.
+    """Runs a vitrt artifact: ``.onnx`` on ONNX Runtime, ``.plan`` on TensorRT; a folder (``artifacts/``)
+    runs the best artifact in it for this machine (:mod:`vitrt.fleet`; ``path`` and ``choice`` say which
+    and why).
 
     >>> engine = vitrt.Engine("artifacts/b16_384.onnx")
     >>> engine.predict("cat.jpg")[0]
@@ -49,12 +52,23 @@ class Engine:
     def __init__(self, path: str | os.PathLike, providers: Sequence | str | None = None, *, device: int | None = None,
                  cuda_graphs: bool | None = None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.backend = None
+        self.choice = None  # why this file, when ``path`` was a folder
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"artifact path is a {type(path).__name__}; expected a str or Path to a .onnx or "
                              ".plan file built by `make engine`")
         self.path = Path(path)
         shown = os.fspath(self.path)
         shown = shown if len(shown) <= 80 else shown[:60] + f"... ({len(shown)} characters)"
+        try:
+            folder = self.path.is_dir()
+        except (OSError, ValueError):
+            folder = False
+        if folder:  # an artifact set: the best file for this machine (vitrt.fleet)
+            from .fleet import Machine, choose
+
+            self.path, self.choice = choose(self.path, Machine.here(device or 0))
+            logging.getLogger("vitrt").info("vitrt: %s chosen: %s", self.path.name, self.choice)
+            shown = os.fspath(self.path)
         try:
             exists = self.path.is_file()
         except (OSError, ValueError) as exc:  # a name too long, a NUL byte

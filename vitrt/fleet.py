@@ -1,0 +1,126 @@
+"""One artifact set for a fleet: which file of ``artifacts/`` this machine should run.
+
+    vitrt.Engine("artifacts/")      # the best artifact here; Engine.path says which, the log says why
+    vitrt serve artifacts/          # the same rule
+
+The rule, in one function (:func:`choose`), driven by a :class:`Machine` that tests can fake:
+
+1. With an NVIDIA GPU: a plan that runs on this GPU, fastest precision first (fp8, int8, fp16, fp32):
+   full TensorRT built for this compute capability, or TensorRT-RTX with this GPU among its targets,
+   and the TensorRT flavour that built it installed here at the same version. Then the ONNX on ONNX
+   Runtime's CUDA provider (fp16, then fp32).
+2. Without one: ``NAME_int8_cpu.onnx`` (made for ONNX Runtime's CPU provider), then the fp32 ONNX.
+
+Only published artifacts count (their parity report beside them: `make engine` renames the report in
+before the artifact); a folder with several artifact sets needs ``name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from .artifacts import onnx_path, parity_path, plan_path, sidecar_path
+from .errors import ArtifactError
+
+log = logging.getLogger("vitrt")
+
+PLAN_ORDER = ("fp8", "int8", "fp16", "fp32")
+FLAVOUR_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What the rule needs to know about a machine."""
+
+    gpu: dict | None  # {"name", "compute_capability"} of the device to use, None without a GPU
+    flavours: dict[str, str]  # installed TensorRT flavour -> version
+    providers: tuple[str, ...]  # ONNX Runtime providers present
+
+    @classmethod
+    def here(cls, device: int = 0) -> "Machine":
+        from .cuda import device_properties, gpu_count
+
+        gpu = device_properties(device) if gpu_count() > device else None
+        flavours = {}
+        for flavour, module in FLAVOUR_MODULES.items():
+            if importlib.util.find_spec(module) is not None:
+                try:
+                    flavours[flavour] = importlib.import_module(module).__version__
+                except Exception:  # a broken install: as if absent
+                    continue
+        try:
+            import onnxruntime
+
+            providers = tuple(onnxruntime.get_available_providers())
+        except ImportError:
+            providers = ()
+        return cls(gpu=gpu, flavours=flavours, providers=providers)
+
+
+def artifact_sets(folder: Path) -> list[str]:
+    """The NAMEs of the artifact sets in ``folder`` (each build writes NAME.reference.npz)."""
+    names = sorted(p.name[: -len(".reference.npz")] for p in folder.glob("*.reference.npz"))
+    return names or sorted(p.stem for p in folder.glob("*.onnx") if "_" not in p.stem)
+
+
+def _plan_runs_here(plan: Path, machine: Machine) -> str | None:
+    """Why ``plan`` runs on ``machine`` (a sentence), or None."""
+    import json
+
+    try:
+        info = json.loads(sidecar_path(plan).read_text()).get("plan") or {}
+    except (OSError, ValueError):
+        return None
+    flavour = info.get("flavour", "tensorrt")
+    have = machine.flavours.get(flavour)
+    if have is None or ".".join(str(info.get("tensorrt")).split(".")[:3]) != ".".join(have.split(".")[:3]):
+        return None
+    cc = machine.gpu["compute_capability"]
+    if flavour == "tensorrt" and str(info.get("compute_capability")) == cc:
+        return f"full TensorRT {have} plan built for compute capability {cc}"
+    if flavour == "tensorrt-rtx" and cc in (info.get("targets") or []):
+        return f"TensorRT-RTX {have} plan whose targets include sm_{cc.replace('.', '')}"
+    return None
+
+
+def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str | None = None) -> tuple[Path, str]:
+    """(artifact, reason): the best published artifact in ``folder`` for ``machine`` (default: here)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{os.fspath(folder)!r} is not a folder; expected the artifacts/ folder `make engine` writes")
+    names = artifact_sets(folder)
+    if name is None:
+        if len(names) != 1:
+            raise ArtifactError(f"{os.fspath(folder)!r} holds {len(names)} artifact sets ({', '.join(names) or 'none'}); "
+                                "expected one, or name=... (--model-name) to pick one; build them with `make engine`")
+        name = names[0]
+    machine = machine if machine is not None else Machine.here()
+    published = lambda p: p.is_file() and parity_path(p).is_file()  # noqa: E731
+    tried = []
+    if machine.gpu is not None:
+        for precision in PLAN_ORDER:
+            plan = plan_path(folder, name, precision)
+            if published(plan):
+                why = _plan_runs_here(plan, machine)
+                if why:
+                    return plan, f"{machine.gpu['name']}: {why}"
+                tried.append(plan.name)
+        if "CUDAExecutionProvider" in machine.providers:
+            for precision in ("fp16", "fp32"):
+                path = onnx_path(folder, name, precision)
+                if published(path):
+                    return path, (f"{machine.gpu['name']}: no plan here runs on it ({', '.join(tried) or 'none built'}); "
+                                  f"{precision} ONNX on ONNX Runtime's CUDA provider")
+    where = "no NVIDIA GPU" if machine.gpu is None else f"{machine.gpu['name']} without a usable plan or CUDA provider"
+    for precision, what in (("int8-cpu", "the INT8 variant made for ONNX Runtime's CPU provider"),
+                            ("fp32", "the fp32 ONNX on ONNX Runtime's CPU provider")):
+        path = onnx_path(folder, name, precision)
+        if published(path):
+            return path, f"{where}: {what}"
+    raise ArtifactError(f"{os.fspath(folder)!r} has no published artifact of {name!r} that runs here ({where}); "
+                        "expected NAME.onnx (or NAME_int8_cpu.onnx, or a plan for this GPU) with its parity report: "
+                        "`make engine`")
