@@ -5,6 +5,10 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
+# `vitrt serve` runs from a runtime-only venv of its own (Triton's Python backend stub needs numpy < 2)
+SERVE_VENV ?= .venv-serve
+SERVE_PY := $(SERVE_VENV)/bin/python
+SERVE_ARGS ?=
 WEIGHTS  ?= hub
 SEED     ?= 0
 ARTIFACTS ?= artifacts
@@ -37,7 +41,7 @@ PLAN_MAX_BATCH ?=
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
 
-.PHONY: engine test venv triton parity bench clean
+.PHONY: engine test venv serve-venv serve triton parity bench bench-serve clean
 
 venv: $(VENV)/.installed
 
@@ -47,6 +51,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[build,test]'
+	touch $@
+
+serve-venv: $(SERVE_VENV)/.installed
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_PY) -m pip install --quiet --upgrade pip
+	$(SERVE_PY) -m pip install --quiet -e '.[cpu,serve]'
 	touch $@
 
 $(VENV)/.tensorrt: $(VENV)/.installed
@@ -62,10 +74,14 @@ engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
 	  $(if $(PLAN_MAX_BATCH),--max-batch-plan $(PLAN_MAX_BATCH)) \
 	  $(if $(CALIB_DIR),--calib-dir '$(CALIB_DIR)') $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(EXPORT_ARGS)
 
-# A Triton model repository for the plan (build it first with `make engine` on a GPU machine).
+# Serve the best artifact in $(ARTIFACTS) for this machine on Triton Inference Server (HTTP 8000,
+# gRPC 8001, metrics 8002 on 127.0.0.1; SERVE_ARGS="--host 0.0.0.0 ..." for more: `vitrt serve --help`).
+serve: serve-venv
+	$(SERVE_VENV)/bin/vitrt serve '$(ARTIFACTS)' $(SERVE_ARGS)
+
+# The same model repository `vitrt serve` runs, with the artifact inside, for NVIDIA's Triton containers.
 triton: venv
-	$(PY) -m export.triton --plan '$(ARTIFACTS)/$(NAME)$(if $(filter-out fp16,$(PRECISION)),_$(PRECISION)).plan' \
-	  --repo '$(TRITON_REPO)'
+	$(PY) -m export.triton --artifacts '$(ARTIFACTS)' --repo '$(TRITON_REPO)' $(if $(filter-out fp16,$(PRECISION)),--precision '$(PRECISION)')
 
 # Accuracy parity of every artifact in $(ARTIFACTS) vs timm's PyTorch FP32 -> reports/parity.{json,md,png}
 parity: venv
@@ -76,8 +92,12 @@ bench: venv
 	$(PY) -m benchmarks.preprocess --out reports
 	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(BENCH_ARGS)
 
-test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# Load test of `vitrt serve` on loopback -> reports/serve.{json,md,png}
+bench-serve: venv serve-venv
+	VITRT_SERVE_PYTHON=$(abspath $(SERVE_PY)) $(PY) -m benchmarks.serve --artifacts '$(ARTIFACTS)' $(BENCH_ARGS)
+
+test: venv serve-venv
+	VITRT_SERVE_PYTHON=$(abspath $(SERVE_PY)) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(ARTIFACTS) reports $(TRITON_REPO)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
-    proc = subprocess.run([sys.executable, "-m", "export", "--weights", "random", "--seed", "0",
+    proc = subprocess.run([sys.executable, "-m", "export", "--weights", "random", "--seed", "0", "--trt", "tensorrt-rtx",
                            "--precision", "fp16,int8", "--calib-dir", "builtin", "--output-dir", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

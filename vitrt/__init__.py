@@ -4,6 +4,7 @@
 when an :class:`Engine` opens an artifact; torch, timm and onnx are never imported here.
 """
 
+from .client import Client
 from .engine import Engine, Prediction
 from .errors import ArtifactError, BackendError, BuildError, ImageError, InputError, MetadataError, VitrtError
 from .preprocess import preprocess
@@ -11,6 +12,6 @@ from .preprocess import preprocess
 __version__ = "0.1.0"
 
 __all__ = [
-    "Engine", "Prediction", "preprocess", "__version__",
+    "Engine", "Client", "Prediction", "preprocess", "__version__",
     "VitrtError", "ImageError", "InputError", "ArtifactError", "MetadataError", "BackendError", "BuildError",
 ]

@@ -17,7 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="top-k ImageNet classes for images",
                         description="Print the top-k classes of each image.")
     pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    pr.add_argument("--engine", required=True, type=Path, metavar="PATH", help="a .onnx or .plan artifact")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--engine", type=Path, metavar="PATH", help="a .onnx or .plan artifact, or an artifacts folder "
+                     "(the best file in it for this machine)")
+    src.add_argument("--server", metavar="URL", help="a `vitrt serve` server, e.g. localhost:8000")
+    pr.add_argument("--model-name", default="b16_384", help="the served model, with --server (default: %(default)s)")
     pr.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
     pr.add_argument("--providers", default=None, metavar="LIST",
@@ -41,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GPU index, for a .plan or an .onnx on the CUDA/TensorRT provider (default: GPU 0 where "
                          "a GPU runs it; none on a CPU)")
     ve.add_argument("--report", type=Path, default=None, metavar="JSON", help="also write the report here (default: none)")
+    sv = sub.add_parser("serve", help="serve an artifact on Triton Inference Server",
+                        description="Start the real Triton Inference Server (the binary in nvidia-pytriton) serving one "
+                                    "model: image files in (BYTES), logits, embedding and top-k labels out; the wire "
+                                    "contract is docs/serving.md. Runs until SIGTERM/SIGINT, which drain in-flight requests.")
+    sv.add_argument("path", type=Path, metavar="ARTIFACT_OR_DIR",
+                    help="a .onnx or .plan, or an artifacts folder (the best file in it for this machine)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    sv.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    sv.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
+    sv.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
+    sv.add_argument("--model-name", default=None, help="served model name (default: the artifact set's NAME)")
+    sv.add_argument("--max-queue-size", type=int, default=None,
+                    help="requests waiting beyond this get 503 at once (default: vitrt/serving/repository.py)")
+    sv.add_argument("--queue-timeout-ms", type=int, default=None,
+                    help="a request that waited this long gets 503; 0: no limit (default: vitrt/serving/repository.py)")
+    sv.add_argument("--queue-delay-us", type=int, default=None,
+                    help="dynamic batching delay (default: vitrt/serving/repository.py)")
+    sv.add_argument("--grace", type=int, default=30, help="seconds to drain in-flight requests on SIGTERM (default: %(default)s)")
     return p
 
 
@@ -89,6 +111,8 @@ def _run(args) -> int:
             raise VitrtError(f"{args.path} does not exist; expected a .onnx, .plan or .plan.json file")
         print(metadata_of(args.path).to_json() if args.json else summary(args.path))
         return 0
+    if args.command == "serve":
+        return _serve(args)
     from .engine import Engine
 
     if args.command == "verify":
@@ -102,10 +126,16 @@ def _run(args) -> int:
             write_json(args.report, report)
         print("PASSED: the gate holds on this machine" if report["passed"] else "FAILED: see the FAIL lines above")
         return 0 if report["passed"] else 1
-    with Engine(args.engine, providers=_providers(args.providers), device=args.device) as engine:
+    if args.server:
+        from .client import Client
+
+        runner = Client(args.server, args.model_name)
+    else:
+        runner = Engine(args.engine, providers=_providers(args.providers), device=args.device)
+    with runner:
         results = []
         for image in args.images:  # one at a time: a bad image names itself and stops the run
-            results.append((image, engine.predict(image, topk=args.topk)))
+            results.append((image, runner.predict(image, topk=args.topk)))
     if args.json:
         print(json.dumps([{"image": str(img), "predictions": [p._asdict() for p in preds]}
                           for img, preds in results], indent=2))
@@ -115,6 +145,23 @@ def _run(args) -> int:
             for p in preds:
                 print(f"  {p.prob:8.4f}  {p.index:4d}  {p.label}")
     return 0
+
+
+def _serve(args) -> int:
+    from .serving.server import serve
+
+    path = args.path
+    if path.is_dir():
+        from .fleet import choose
+
+        path, why = choose(path, name=args.model_name)
+        print(f"vitrt serve: chose {path.name}: {why}", flush=True)
+    elif not path.is_file():
+        raise VitrtError(f"{path} does not exist; expected a .onnx or .plan artifact or an artifacts folder")
+    config = {k: v for k, v in (("max_queue_size", args.max_queue_size), ("queue_timeout_ms", args.queue_timeout_ms),
+                                ("queue_delay_us", args.queue_delay_us)) if v is not None}
+    return serve(path, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                 metrics_port=args.metrics_port, grace=args.grace, log=lambda m: print(m, flush=True), **config)
 
 
 def main(argv: list[str] | None = None) -> int:

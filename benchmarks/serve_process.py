@@ -1,0 +1,121 @@
+"""``vitrt serve`` as a child process on loopback, for the server tests and the load benchmark: free
+ports, a bounded wait for readiness, and a stop that always happens (SIGTERM, then SIGKILL), even when
+the caller fails. The server runs in the serving venv (``$VITRT_SERVE_PYTHON``, else .venv-serve)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def serve_python() -> Path | None:
+    """The serving venv's python (`make serve-venv`), or None when there is none."""
+    path = Path(os.environ.get("VITRT_SERVE_PYTHON") or ROOT / ".venv-serve" / "bin" / "python")
+    return path if path.is_file() else None
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ServeProcess:
+    """``with ServeProcess(artifact) as srv:`` ... ``srv.url``; extra ``vitrt serve`` flags in ``args``."""
+
+    def __init__(self, artifact: Path, *args: str, ports: list[int] | None = None, log: Path | None = None,
+                 ready_timeout: float = 180.0):
+        python = serve_python()
+        if python is None:
+            raise RuntimeError("no serving venv: run `make serve-venv` (or set VITRT_SERVE_PYTHON)")
+        self.http, self.grpc, self.metrics = ports or free_ports(3)
+        self.url = f"127.0.0.1:{self.http}"
+        self.log_path = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"vitrt-serve-{self.http}.log"
+        self.cmd = [str(python), "-m", "vitrt", "serve", str(artifact), "--http-port", str(self.http),
+                    "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *args]
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServeProcess":
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vitrt serve exited with {self.proc.returncode}: {self.log()[-3000:]}")
+            if self.ready():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"vitrt serve not ready after {self.ready_timeout:.0f} s: {self.log()[-3000:]}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 40.0) -> int | None:
+        """SIGTERM (drain), then SIGKILL to the whole group after ``grace``; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its group (none, normally)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ServeProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+if __name__ == "__main__":  # a quick manual check: python -m benchmarks.serve_process ARTIFACT
+    with ServeProcess(Path(sys.argv[1])) as srv:
+        print("ready at", srv.url)

@@ -1,0 +1,120 @@
+"""``vitrt.Client``: the Engine's API against a ``vitrt serve`` server (Triton's HTTP protocol, on
+tritonclient). It sends encoded image files, not pixels: a path's bytes as they are, bytes as given,
+PIL images and arrays as PNG; the server decodes and preprocesses them exactly as Engine does.
+
+    client = vitrt.Client("localhost:8000")          # model b16_384
+    client.predict("cat.jpg")                        # [Prediction(index=281, ...), ...]
+    client.embed(["a.jpg", "b.png"])                 # float32 (2, 768)
+
+A server error is a VitrtError carrying the server's message: ImageError for a refused image (HTTP 400),
+BackendError for the rest (a full queue is HTTP 503).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError, ImageError, InputError
+
+
+def encode(image: Any) -> bytes:
+    """The bytes a client sends for one image."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{os.fspath(path)!r} cannot be read ({exc.strerror}); expected a path to an image file") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    from .preprocess import to_pil
+
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="PNG")  # arrays and PIL images, checked as Engine checks them
+    return buf.getvalue()
+
+
+class Client:
+    def __init__(self, url: str = "localhost:8000", model: str = "b16_384", timeout: float = 60.0):
+        try:
+            import tritonclient.http as http
+        except (ImportError, RuntimeError):  # tritonclient without its http extra raises RuntimeError
+            raise BackendError("tritonclient is not installed; expected `pip install 'tritonclient[http]'`") from None
+        self._http = http
+        url = url.split("://", 1)[-1].rstrip("/")
+        self.url, self.model = url, model
+        self.client = http.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+        try:
+            config = self.client.get_model_config(model)
+        except Exception as exc:
+            raise BackendError(f"no vitrt model {model!r} at {url} ({_message(exc)}); expected `vitrt serve` "
+                               "running there") from None
+        self.max_batch = int(config.get("max_batch_size") or 1)
+        from .labels import labels_for
+
+        width = next(int(o["dims"][0]) for o in config["output"] if o["name"] == "logits")
+        self.labels = labels_for("imagenet-1k", width)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def infer(self, images: Any) -> dict[str, np.ndarray]:
+        """Raw outputs for one image or many (batches larger than the server's max batch are split)."""
+        from .engine import _is_single
+
+        items = [images] if _is_single(images) else list(images)
+        if not items:
+            raise InputError("got an empty list of images; expected at least one image")
+        blobs = [encode(im) for im in items]
+        parts = [self._request(blobs[i:i + self.max_batch]) for i in range(0, len(blobs), self.max_batch)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _request(self, blobs: list[bytes]) -> dict[str, np.ndarray]:
+        http = self._http
+        inp = http.InferInput("image", [len(blobs), 1], "BYTES")
+        inp.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1), binary_data=True)
+        outs = [http.InferRequestedOutput(n, binary_data=True) for n in ("logits", "embedding")]
+        try:
+            result = self.client.infer(self.model, [inp], outputs=outs)
+        except Exception as exc:
+            status = str(getattr(exc, "status", lambda: "")() or "")
+            msg = f"server {self.url} refused the request ({status or 'no answer'}): {_message(exc)}"
+            if status == "400":  # the server's ImageError text, which says what was expected
+                raise ImageError(msg) from None
+            raise BackendError(msg + ("" if "expected" in msg else
+                                      "; expected a running vitrt server with room in its queue")) from None
+        return {n: result.as_numpy(n) for n in ("logits", "embedding")}
+
+    def predict(self, images: Any, topk: int = 5):
+        from .engine import _is_single, softmax, top_k
+
+        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= len(self.labels):
+            raise InputError(f"topk={topk!r}; expected an integer from 1 to {len(self.labels)}")
+        single = _is_single(images)
+        probs = softmax(self.infer(images)["logits"])
+        results = [top_k(p, int(topk), self.labels) for p in probs]
+        return results[0] if single else results
+
+    def embed(self, images: Any) -> np.ndarray:
+        from .engine import _is_single
+
+        single = _is_single(images)
+        emb = self.infer(images)["embedding"].astype(np.float32, copy=False)
+        return emb[0] if single else emb
+
+
+def _message(exc: Exception) -> str:
+    text = getattr(exc, "message", None)
+    text = text() if callable(text) else text
+    return str(text or exc)

@@ -1,0 +1,131 @@
+"""The Triton model repository ``vitrt serve`` runs and ``make triton`` writes: one Python-backend model
+that wraps :class:`vitrt.Engine`, so any artifact (ONNX or plan) serves the same wire contract.
+
+    <repo>/<NAME>/config.pbtxt     backend "python"; input image BYTES [1]; outputs logits [classes]
+                                   (label_filename: classification extension) and embedding [width];
+                                   dynamic batching up to the artifact's max batch with a bounded queue
+    <repo>/<NAME>/labels.txt       one class name a line (Triton's classification extension)
+    <repo>/<NAME>/1/model.py       vitrt/serving/triton_model.py
+    <repo>/<NAME>/1/<artifact>     with copy=True (make triton): the artifact and what travels with it;
+                                   else config parameter ``artifact`` names it by absolute path
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..artifacts import parity_path, sidecar_path
+from ..atomic import write_bytes
+from ..errors import ArtifactError
+from ..labels import labels_for
+from ..metadata import Metadata, sha256_file
+
+#: Defaults, measured in benchmarks/serve.py (docs/benchmarks.md, "Serving"): a short queue delay lets
+#: concurrent requests meet in one execution without adding much to a lone request's latency; the
+#: queue bound turns overload into 503s instead of an unbounded wait.
+QUEUE_DELAY_US = 2000
+MAX_QUEUE_SIZE = 64
+QUEUE_TIMEOUT_MS = 30_000
+
+
+def _param(key: str, value) -> str:
+    return f'  {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+
+
+def config_pbtxt(meta: Metadata, model_name: str, artifact: str, sha256: str, *, queue_delay_us: int = QUEUE_DELAY_US,
+                 max_queue_size: int = MAX_QUEUE_SIZE, queue_timeout_ms: int = QUEUE_TIMEOUT_MS, instances: int = 1,
+                 decode_threads: int = 0, max_pixels: int | None = None) -> str:
+    d = meta.data
+    outputs = []
+    for name, spec in d["outputs"].items():
+        dims = ", ".join(str(int(x)) for x in spec["shape"][1:])
+        label = '\n    label_filename: "labels.txt"' if name == "logits" else ""
+        outputs.append(f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {dims} ]{label}\n  }}')
+    params = [_param("artifact", artifact), _param("precision", d["precision"]), _param("sha256", sha256),
+              _param("decode_threads", decode_threads)]
+    if max_pixels is not None:
+        params.append(_param("max_pixels", max_pixels))
+    outputs_text, params_text = ",\n".join(outputs), ",\n".join(params)
+    timeout = (f"\n    timeout_action: REJECT\n    default_timeout_microseconds: {int(queue_timeout_ms) * 1000}"
+               "\n    allow_timeout_override: true" if queue_timeout_ms else "")
+    return f'''name: "{model_name}"
+backend: "python"
+max_batch_size: {int(meta.max_batch)}
+input [
+  {{
+    name: "image"
+    data_type: TYPE_STRING
+    dims: [ 1 ]
+  }}
+]
+output [
+{outputs_text}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {int(queue_delay_us)}
+  default_queue_policy {{
+    max_queue_size: {int(max_queue_size)}{timeout}
+  }}
+}}
+instance_group [
+  {{
+    count: {int(instances)}
+    kind: KIND_CPU
+  }}
+]
+parameters [
+{params_text}
+]
+'''
+
+
+def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model_name: str | None = None, *,
+                     copy: bool = False, **config) -> Path:
+    """Write the model repository for ``artifact`` (a .onnx or .plan); returns the model's folder.
+    ``copy`` puts the artifact (and its sidecar, report and reference file) inside the repository, for
+    a Triton container; otherwise the config names it by absolute path."""
+    from ..artifacts import metadata_of, reference_for
+
+    artifact = Path(artifact).resolve()
+    if not artifact.is_file():
+        raise ArtifactError(f"artifact {artifact} does not exist; expected a .onnx or .plan built by `make engine`")
+    meta = metadata_of(artifact)
+    name = model_name or _set_name(artifact)
+    folder = Path(repo) / name
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    sha = (meta.data.get("plan") or {}).get("sha256") or sha256_file(artifact)
+    where = artifact.name if copy else os.fspath(artifact)
+    if copy:
+        companions = [artifact, parity_path(artifact)]
+        if artifact.suffix == ".plan":
+            companions.append(sidecar_path(artifact))
+        try:
+            companions.append(reference_for(artifact, meta.data))
+        except ArtifactError:
+            pass
+        for src in companions:
+            if src.is_file():
+                dst = version / src.name
+                if dst.exists():
+                    dst.unlink()
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+    write_bytes(folder / "config.pbtxt", config_pbtxt(meta, name, where, sha, **config).encode())
+    labels = labels_for(meta.label_set, meta.num_classes)
+    write_bytes(folder / "labels.txt", ("\n".join(labels) + "\n").encode())
+    write_bytes(version / "model.py", (Path(__file__).parent / "triton_model.py").read_bytes())
+    return folder
+
+
+def _set_name(artifact: Path) -> str:
+    """The artifact set's NAME: ``b16_384`` for b16_384.onnx, b16_384_int8_cpu.onnx, b16_384_fp8.plan."""
+    stem = artifact.name.split(".")[0]
+    for suffix in ("_int8_cpu", "_fp16", "_int8", "_fp8", "_fp32"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem

@@ -1,0 +1,194 @@
+"""``vitrt serve``: the real Triton Inference Server (the ``tritonserver`` binary that ships inside the
+``nvidia-pytriton`` wheel) serving one vitrt model from a repository of ours.
+
+What this module owns, because the binary and its Python backend need it (shared/TOOLCHAIN-NOTES.md):
+- a backend folder with the Python backend and the stub built for *this* interpreter's version;
+- ``LD_LIBRARY_PATH`` with this interpreter's own ``libpython`` (a pyenv Python otherwise picks up the
+  system's, and the stub fails in ``initialize``), and this environment's ``bin/`` first on PATH (the
+  stub finds its packages through it);
+- numpy < 2 in this environment: the stub is built with a pybind11 that reads numpy 1's array
+  descriptor layout, so under numpy 2 every tensor it hands to Python has stride 0 (measured: a
+  5-byte BYTES element arrives as nine 0x05 bytes). ``make serve`` makes such an environment;
+- signals: SIGTERM/SIGINT are forwarded, Triton drains in-flight requests for ``grace`` seconds and
+  refuses new ones, and the exit status is Triton's; the child dies with us (PR_SET_PDEATHSIG) so a
+  kill -9 leaves no orphan; the Python backend's shared memory is named after our pid, and segments
+  of dead servers are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from ..errors import BackendError
+
+SHM_PREFIX = "vitrt{pid}_"
+HOW = ("`make serve` (a serving venv with nvidia-pytriton and numpy < 2), or `pip install 'vitrt[cpu]' "
+       "'numpy<2' tritonclient[http,grpc]` and `pip install --no-deps nvidia-pytriton` in a fresh venv")
+
+
+def triton_home() -> Path:
+    """The folder that holds ``bin/tritonserver``, ``backends/python`` and ``python_backend_stubs``."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError(f"Triton Inference Server is not installed here; expected the nvidia-pytriton wheel: {HOW}")
+    home = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if not (home / "bin" / "tritonserver").is_file():
+        raise BackendError(f"{home}/bin/tritonserver is missing; expected the nvidia-pytriton wheel's binary: {HOW}")
+    return home
+
+
+def check_numpy() -> None:
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise BackendError(f"numpy {numpy.__version__} in {sys.prefix}: Triton's Python backend stub needs numpy < 2 "
+                           f"(it passes every tensor with stride 0 under numpy 2); expected a serving environment: {HOW}")
+
+
+def backend_dir(home: Path, into: Path) -> Path:
+    """A backend folder whose ``python/`` has the stub for this interpreter's version."""
+    stub = home / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise BackendError(f"the nvidia-pytriton wheel has no Python backend stub for Python "
+                           f"{sys.version_info.major}.{sys.version_info.minor}; expected 3.8-3.13")
+    python = into / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for src in (home / "backends/python/libtriton_python.so", home / "backends/python/triton_python_backend_utils.py", stub):
+        dst = python / src.name
+        if not dst.exists():
+            dst.symlink_to(src)
+    return into
+
+
+def remove_stale_shm(root: str = "/dev/shm") -> list[str]:
+    """Shared-memory segments of vitrt servers whose process is gone (a kill -9)."""
+    removed = []
+    for path in glob.glob(os.path.join(root, "vitrt*_*")):
+        m = re.match(r"vitrt(\d+)_", os.path.basename(path))
+        if m and not _alive(int(m.group(1))):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent() -> None:  # runs in the child before exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def command(repo: Path, backends: Path, *, host: str, http_port: int, grpc_port: int, metrics_port: int,
+            grace: int, home: Path) -> list[str]:
+    return [str(home / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
+            f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+            f"--metrics-address={host}", f"--metrics-port={metrics_port}", "--allow-metrics=true",
+            f"--exit-timeout-secs={int(grace)}", "--strict-readiness=true",
+            f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX.format(pid=os.getpid())}"]
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    return env
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BackendError(f"tritonserver exited with status {proc.returncode} before it was ready "
+                               "(its log says why); expected it to load the model")
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise BackendError(f"tritonserver was not ready after {timeout:.0f} s at {url}; expected /v2/health/ready = 200")
+
+
+def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0.1", http_port: int = 8000,
+          grpc_port: int = 8001, metrics_port: int = 8002, grace: int = 30, ready_timeout: float = 300,
+          log=print, **config) -> int:
+    """Serve ``artifact`` until SIGTERM/SIGINT; returns tritonserver's exit status."""
+    from .repository import write_repository
+
+    check_numpy()
+    home = triton_home()
+    remove_stale_shm()
+    with tempfile.TemporaryDirectory(prefix="vitrt-serve-") as tmp:
+        repo = Path(tmp) / "models"
+        folder = write_repository(artifact, repo, model_name, **config)
+        backends = backend_dir(home, Path(tmp) / "backends")
+        cmd = command(repo, backends, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      grace=grace, home=home)
+        proc = subprocess.Popen(cmd, env=environment(), preexec_fn=_die_with_parent)
+        stop = {"signal": None}
+
+        def forward(signum, frame):
+            stop["signal"] = signum
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # Triton drains in-flight requests, refuses new ones
+
+        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            url = f"http://{shown}:{http_port}"
+            wait_ready(url, proc, ready_timeout)
+            log(f"vitrt serve: {folder.name} ready at {url} (gRPC {shown}:{grpc_port}, metrics "
+                f"http://{shown}:{metrics_port}/metrics), serving {Path(artifact).resolve()}")
+            while proc.poll() is None:
+                try:
+                    proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
+            return proc.returncode
+        except BaseException:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=grace + 10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+        finally:
+            if proc.poll() is None and stop["signal"] is not None:
+                try:
+                    proc.wait(timeout=grace + 10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            for s, h in old.items():
+                signal.signal(s, h)
+            if proc.poll() is not None:  # ours, now that Triton is gone (its stubs go with it)
+                for path in glob.glob(f"/dev/shm/{SHM_PREFIX.format(pid=os.getpid())}*"):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass

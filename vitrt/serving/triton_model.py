@@ -1,0 +1,91 @@
+"""The model Triton's Python backend runs (copied as ``<repo>/<NAME>/1/model.py``): vitrt.Engine
+behind the wire contract of docs/serving.md.
+
+Per execution (a dynamic batch of requests): every image of every request is decoded and preprocessed
+in a thread pool (Pillow releases the GIL), exactly as ``Engine.predict`` does; the good ones run as
+one batch; a request with a bad image (corrupt, truncated, not an image, too large, empty) gets its
+own error response (HTTP 400 / gRPC INVALID_ARGUMENT, with the VitrtError text) and the others their
+results. A payload that is base64 text of an image (curl with JSON) is decoded first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+
+
+def payload_bytes(value) -> bytes:
+    """The encoded image in one BYTES element: raw file bytes, or base64 text of them (a data: URL too)."""
+    data = bytes(value)
+    if data.startswith(b"data:") and b";base64," in data[:100]:
+        data = data.split(b",", 1)[1]
+    elif not _BASE64.match(data[:4096]) or len(data) < 8:
+        return data
+    try:
+        return base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return data
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import vitrt
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in (config.get("parameters") or {}).items()}
+        artifact = Path(params["artifact"])
+        if not artifact.is_absolute():
+            artifact = Path(args["model_repository"]) / args["model_version"] / artifact
+        kwargs = {"max_pixels": int(params["max_pixels"])} if params.get("max_pixels") else {}
+        self.engine = vitrt.Engine(artifact, **kwargs)
+        self.errors = (vitrt.VitrtError,)
+        threads = int(params.get("decode_threads") or 0) or min(32, (os.cpu_count() or 1) + 2)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="vitrt-decode")
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def _crop(self, value):
+        try:
+            return self.engine.preprocess(payload_bytes(value))
+        except self.errors as exc:
+            return exc
+
+    def execute(self, requests):
+        items = []  # per request: the futures of its images
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+            items.append([self.pool.submit(self._crop, v) for v in values])
+        crops, spans, errors = [], [], {}
+        for i, futures in enumerate(items):
+            got = [f.result() for f in futures]
+            bad = next((g for g in got if isinstance(g, BaseException)), None)
+            if bad is not None:
+                errors[i] = str(bad)
+                spans.append(None)
+                continue
+            spans.append((len(crops), len(crops) + len(got)))
+            crops.extend(got)
+        out = self.engine.infer(np.stack(crops)) if crops else {}
+        responses = []
+        for i, span in enumerate(spans):
+            if span is None:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(errors[i], pb_utils.TritonError.INVALID_ARG)))
+                continue
+            a, b = span
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, np.ascontiguousarray(out[name][a:b], dtype=np.float32)) for name in self.outputs]))
+        return responses
+
+    def finalize(self):
+        self.pool.shutdown(wait=True)
+        self.engine.close()
