@@ -1,0 +1,240 @@
+"""`vitrt serve` for real: Triton Inference Server on loopback, free ports, the small test ViT, over HTTP
+and gRPC. Every server started here is stopped by its fixture or test, also when an assertion fails.
+
+Tolerance against Engine: the server runs the same .onnx on ONNX Runtime's CPU provider, but from the
+serving venv (another onnxruntime release) and inside dynamic batches of other sizes, so the
+summation order may differ: 1e-4 of the largest output, the fp32 gate's own bound for ORT vs
+PyTorch (export/gate.py), measured here at about 1e-6.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import io
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vitrt
+from benchmarks.serve_process import ServeProcess, children, free_ports, serve_python
+
+if serve_python() is None:
+    if os.environ.get("VITRT_SERVE_PYTHON"):  # make test names it: then it must be there
+        pytest.fail(f"VITRT_SERVE_PYTHON={os.environ['VITRT_SERVE_PYTHON']} does not exist", pytrace=False)
+    pytest.skip("no serving venv (`make test` builds .venv-serve)", allow_module_level=True)
+
+QUEUE = 4  # --max-queue-size of the shared server: the overload test fills it
+
+
+def _jpeg(seed: int, size=(96, 64)) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def artifact(small_onnx) -> Path:
+    return small_onnx
+
+
+@pytest.fixture(scope="module")
+def server(artifact, tmp_path_factory):
+    # a 100 ms batching window so that concurrent requests meet in one execution
+    srv = ServeProcess(artifact, "--model-name", "m", "--queue-delay-us", "100000", "--max-queue-size", str(QUEUE),
+                       log=tmp_path_factory.mktemp("serve") / "server.log")
+    with srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def engine(artifact):
+    with vitrt.Engine(artifact, providers=["CPUExecutionProvider"]) as e:
+        yield e
+
+
+def _close(a, b):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
+
+
+def _http(url: str, body: dict, path: str = "/v2/models/m/infer") -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://{url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_outputs_equal_engine_on_the_same_bytes(server, engine, photos):
+    blobs = [Path(p).read_bytes() for p in photos[:4]]
+    with vitrt.Client(server.url, "m") as client:
+        got = client.infer(blobs)
+        want = engine.infer(np.stack([engine.preprocess(b) for b in blobs]))
+        for k in ("logits", "embedding"):
+            _close(got[k], want[k])
+        assert [p.index for p in client.predict(blobs[0])] == [p.index for p in engine.predict(blobs[0])]
+        assert client.embed(photos[:6]).shape == (6, engine.metadata.data["model"]["num_features"])  # split: max 4
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_bad_request_fails_alone_in_its_batch(server, engine, protocol):
+    """Good and bad images sent together meet in dynamic batches: each bad one gets its own 400 /
+    INVALID_ARGUMENT with vitrt's message, each good one its right answer."""
+    if protocol == "http":
+        import tritonclient.http as tc
+
+        client = tc.InferenceServerClient(server.url, concurrency=8)
+    else:
+        import tritonclient.grpc as tc
+
+        client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    good = [_jpeg(i) for i in range(3)]
+    jpeg = _jpeg(9, (200, 150))
+    bad = {"corrupt": b"\xff\xd8\xff\xe0" + os.urandom(200), "truncated": jpeg[: len(jpeg) // 3],
+           "text": b"hello, not an image\n" * 5, "empty": b""}
+    payloads = [("good", b) for b in good] + list(bad.items())
+
+    def send(item):
+        kind, blob = item
+        inp = tc.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
+        try:
+            return kind, blob, client.infer("m", [inp]).as_numpy("logits"), None
+        except Exception as exc:  # tritonclient's InferenceServerException
+            return kind, blob, None, exc
+
+    stats0 = _stats(server)
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        results = list(pool.map(send, payloads))
+    stats1 = _stats(server)
+    for kind, blob, logits, exc in results:
+        if kind == "good":
+            assert exc is None, exc
+            _close(logits, engine.infer(engine.preprocess(blob)[None])["logits"])
+        else:
+            assert exc is not None and "expected" in str(exc), (kind, exc)
+            assert str(exc.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), (kind, exc.status())
+    executions = stats1["execution_count"] - stats0["execution_count"]
+    requests = stats1["inference_count"] - stats0["inference_count"]
+    assert executions < requests, (executions, requests)  # batches were formed: errors stayed per request
+    assert server.ready()
+
+
+def _stats(server) -> dict:
+    with urllib.request.urlopen(f"http://{server.url}/v2/models/m/stats", timeout=10) as r:
+        s = json.loads(r.read())["model_stats"][0]
+    return {"execution_count": int(s["execution_count"]), "inference_count": int(s["inference_count"])}
+
+
+def test_base64_text_gets_the_same_answer(server, photos):
+    raw = Path(photos[1]).read_bytes()
+    outputs = [{"name": "logits"}]
+    s1, a = _http(server.url, {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                            "data": [base64.b64encode(raw).decode()]}], "outputs": outputs})
+    with vitrt.Client(server.url, "m") as client:
+        want = client.infer(raw)["logits"]
+    assert s1 == 200
+    np.testing.assert_array_equal(np.array(a["outputs"][0]["data"], np.float32).reshape(want.shape), want)
+    uri = "data:image/png;base64," + base64.b64encode(raw).decode()
+    s2, b = _http(server.url, {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [uri]}],
+                               "outputs": outputs})
+    assert s2 == 200 and b["outputs"][0]["data"] == a["outputs"][0]["data"]
+
+
+def test_the_classification_extension(server, engine, photos):
+    raw = Path(photos[2]).read_bytes()
+    status, body = _http(server.url, {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                                  "data": [base64.b64encode(raw).decode()]}],
+                                      "outputs": [{"name": "logits", "parameters": {"classification": 3}}]})
+    assert status == 200
+    top = [entry.split(":", 2) for entry in body["outputs"][0]["data"]]
+    want = engine.predict(raw, topk=3)
+    assert [int(i) for _, i, _ in top] == [p.index for p in want]
+    assert [label for _, _, label in top] == [p.label for p in want]  # labels.txt beside the model
+
+
+def test_a_full_queue_answers_503_at_once(server, engine):
+    """Many more concurrent requests than the queue holds: the excess gets 503 (UNAVAILABLE) without
+    waiting, the accepted ones their right answer, and the server stays ready."""
+    import tritonclient.http as tc
+
+    n = 24
+    client = tc.InferenceServerClient(server.url, concurrency=n)
+    blob = _jpeg(5, (640, 480))
+    inp = tc.InferInput("image", [4, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[blob]] * 4, dtype=np.object_))
+    want = engine.infer(np.stack([engine.preprocess(blob)] * 4))["logits"]
+    t0 = time.monotonic()
+    futures = [client.async_infer("m", [inp]) for _ in range(n)]
+    ok = rejected = 0
+    for f in futures:
+        try:
+            _close(f.get_result().as_numpy("logits"), want)
+            ok += 1
+        except Exception as exc:
+            assert str(exc.status()) == "503" and "queue" in str(exc).lower(), exc
+            rejected += 1
+    assert ok >= 1 and rejected >= n - (QUEUE + 2) and ok + rejected == n, (ok, rejected)
+    assert time.monotonic() - t0 < 60 and server.ready()
+
+
+def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, photos):
+    """SIGTERM with requests in flight: they complete, the process exits 0 within the grace. Then kill -9:
+    no tritonserver left, its shared memory removed at the next start, which binds the same ports."""
+    ports = free_ports(3)
+    blob = Path(photos[0]).read_bytes()
+    srv = ServeProcess(artifact, "--model-name", "m", "--grace", "20", "--queue-delay-us", "300000",
+                       ports=ports, log=tmp_path / "a.log").start()
+    try:
+        import tritonclient.http as tc
+
+        client = tc.InferenceServerClient(srv.url, concurrency=4)
+        inp = tc.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
+        futures = [client.async_infer("m", [inp]) for _ in range(4)]
+        time.sleep(0.1)  # they wait in the 300 ms batching window
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        answers = [f.get_result().as_numpy("logits").shape for f in futures]
+        client.close()  # Triton's drain also waits for open keep-alive connections (docs/serving.md)
+        assert answers == [(1, 1000)] * 4
+        assert srv.proc.wait(timeout=30) == 0 and time.monotonic() - t0 < 20
+        assert not srv.ready()
+    finally:
+        srv.stop()
+    srv = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "b.log").start()
+    try:
+        pid = srv.proc.pid
+        triton = children(pid)
+        assert triton, "vitrt serve runs tritonserver as its child"
+        shm = glob.glob(f"/dev/shm/vitrt{pid}_*")
+        assert shm, "the Python backend's shared memory is named after the server"
+        os.kill(pid, signal.SIGKILL)
+        srv.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{t}").exists() for t in triton) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(Path(f"/proc/{t}").exists() and "zombie" not in Path(f"/proc/{t}/status").read_text().lower()
+                       for t in triton), "tritonserver outlived vitrt serve"
+    finally:
+        srv.stop()
+    again = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "c.log").start()
+    try:
+        assert not [p for p in shm if Path(p).exists()]  # the dead server's segments are gone
+        with vitrt.Client(again.url, "m") as client:
+            assert client.embed(blob).ndim == 1
+        time.sleep(0.5)
+    finally:
+        assert again.stop() == 0
