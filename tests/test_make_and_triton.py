@@ -45,42 +45,39 @@ def test_make_engine_without_full_tensorrt(tmp_path):
     assert not list(tmp_path.glob("*.plan*"))
 
 
-def _sidecar_plan(tmp_path: Path, small_onnx: Path) -> Path:
-    from vitrt.metadata import Metadata, sha256_file
-
-    plan = tmp_path / "b16_384.plan"
-    plan.write_bytes(b"\x00plan bytes")
-    meta = Metadata.from_onnx(small_onnx).data
-    meta["batch"] = {"min": 1, "opt": 8, "max": 32, "dynamic": True}
-    meta["plan"] = {"sha256": sha256_file(plan), "tensorrt": "10.14.1.48", "compute_capability": "9.0"}
-    (tmp_path / "b16_384.plan.json").write_text(json.dumps(meta))
-    return plan
+def _artifacts(tmp_path: Path, small_onnx: Path) -> Path:
+    """An artifacts folder holding the small ViT as set b16_384 (published: its report beside it)."""
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    shutil.copy(small_onnx, folder / "b16_384.onnx")
+    (folder / "b16_384.onnx.parity.json").write_text("{}")
+    (folder / "b16_384.reference.npz").write_bytes(b"")
+    return folder
 
 
-def test_triton_config_parses_with_tritons_schema(tmp_path, small_onnx):
+def test_make_triton_writes_the_serving_repository(tmp_path, small_onnx):
+    """`make triton`: the repository `vitrt serve` runs (Python backend, image bytes in), the artifact
+    inside it, and a config that Triton's own schema parses."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from export.triton import write_repository
-
-    plan = _sidecar_plan(tmp_path, small_onnx)
-    folder = write_repository(plan, tmp_path / "repo")
-    config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
-    assert config.name == "vitrt_b16_384" and config.platform == "tensorrt_plan" and config.max_batch_size == 32
-    (inp,) = config.input
-    assert inp.name == "image" and inp.data_type == mc.TYPE_UINT8 and list(inp.dims) == [384, 384, 3]
-    outs = {o.name: (o.data_type, list(o.dims)) for o in config.output}
-    assert outs == {"logits": (mc.TYPE_FP32, [1000]), "embedding": (mc.TYPE_FP32, [SMALL_KWARGS["embed_dim"]])}
-    assert list(config.dynamic_batching.preferred_batch_size) == [8, 16, 32]
-    assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
-    assert (folder / "1" / "model.plan").read_bytes() == plan.read_bytes()
-    assert json.loads((folder / "vitrt.json").read_text())["plan"]["sha256"]
-
-
-def test_make_triton(tmp_path, small_onnx):
-    _sidecar_plan(tmp_path, small_onnx)
-    out = _make("triton", f"ARTIFACTS={tmp_path}", f"TRITON_REPO={tmp_path / 'repo'}")
+    folder = _artifacts(tmp_path, small_onnx)
+    out = _make("triton", f"ARTIFACTS={folder}", f"TRITON_REPO={tmp_path / 'repo'}")
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "repo" / "vitrt_b16_384" / "config.pbtxt").is_file()
-    out = _make("triton", f"ARTIFACTS={tmp_path}", "PRECISION=int8", f"TRITON_REPO={tmp_path / 'repo'}")
+    model = tmp_path / "repo" / "b16_384"
+    config = text_format.Parse((model / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.name == "b16_384" and config.backend == "python" and config.max_batch_size == 4
+    (inp,) = config.input
+    assert inp.name == "image" and inp.data_type == mc.TYPE_STRING and list(inp.dims) == [1]
+    outs = {o.name: (o.data_type, list(o.dims), o.label_filename) for o in config.output}
+    assert outs == {"logits": (mc.TYPE_FP32, [1000], "labels.txt"),
+                    "embedding": (mc.TYPE_FP32, [SMALL_KWARGS["embed_dim"]], "")}
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size > 0 and policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert config.parameters["artifact"].string_value == "b16_384.onnx"
+    assert config.parameters["precision"].string_value == "fp32" and len(config.parameters["sha256"].string_value) == 64
+    assert (model / "1" / "b16_384.onnx").read_bytes() == (folder / "b16_384.onnx").read_bytes()
+    assert (model / "1" / "model.py").read_text() == (ROOT / "vitrt/serving/triton_model.py").read_text()
+    assert len((model / "labels.txt").read_text().splitlines()) == 1000
+    out = _make("triton", f"ARTIFACTS={folder}", "PRECISION=int8", f"TRITON_REPO={tmp_path / 'repo'}")
     assert out.returncode != 0 and "b16_384_int8.plan does not exist" in out.stderr

@@ -238,3 +238,43 @@ def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, pho
         time.sleep(0.5)
     finally:
         assert again.stop() == 0
+
+
+def test_deploy_manifests_match_the_real_server(server):
+    """deploy/*.yaml: the `vitrt serve` command line parses with vitrt's own CLI, the ports the probes and
+    Services name are the ones it sets, and each probe path answers 200 on the real server here."""
+    import yaml
+
+    from vitrt.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    containers = []
+    for manifest in sorted(root.glob("*.yaml")):
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            spec = doc["spec"]
+            pod = spec["template"]["spec"] if doc["kind"] == "Deployment" else spec.get("predictor", {})
+            containers += [(manifest.name, doc, c) for c in pod.get("containers", [])]
+            if doc["kind"] == "Deployment":
+                assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])  # /dev/shm
+    assert {m for m, _, _ in containers} == {"kubernetes.yaml", "kserve.yaml"}
+    for manifest, doc, c in containers:
+        assert c["command"][:2] == ["vitrt", "serve"], manifest
+        args = build_parser().parse_args(c["command"][1:])
+        assert args.host == "0.0.0.0"
+        named = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            if probe not in c:
+                continue
+            get = c[probe]["httpGet"]
+            port = named.get(get["port"], get["port"])
+            assert port == args.http_port, (manifest, probe, port)
+            with urllib.request.urlopen(f"http://{server.url}{get['path']}", timeout=10) as r:
+                assert r.status == 200, (manifest, probe)
+            if any(v.get("emptyDir", {}).get("medium") == "Memory" for v in
+                   (doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]).get("volumes", [])):
+                assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"])
+        if named:
+            assert named.get("grpc", args.grpc_port) == args.grpc_port
+            assert named.get("metrics", args.metrics_port) == args.metrics_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as r:
+        assert "nv_inference_queue_duration_us" in r.read().decode()  # the HPA's metric exists
