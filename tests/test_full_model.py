@@ -94,3 +94,18 @@ def test_full_engine(full, photos):
             assert emb.shape == (768,) and emb.dtype == np.float32 and np.isfinite(emb).all()
             out = engine.infer(np.stack([engine.preprocess(p) for p in photos[:3]]))
             assert out["logits"].shape == (3, 1000) and out["embedding"].shape == (3, 768)
+
+
+def test_full_model_served_end_to_end(full, photos, tmp_path):
+    """`vitrt serve` on the full fp32 ONNX: one photo through the real server gives Engine's top-5 and an
+    embedding within 1e-4 of the largest value (another onnxruntime release in the serving venv)."""
+    from benchmarks.serve_process import ServeProcess, serve_python
+
+    if serve_python() is None:
+        pytest.skip("no serving venv (`make test` builds .venv-serve)")
+    with ServeProcess(full["fp32"], log=tmp_path / "server.log") as srv, vitrt.Client(srv.url) as client, \
+            vitrt.Engine(full["fp32"], providers=["CPUExecutionProvider"]) as engine:
+        got, want = client.predict(photos[0]), engine.predict(photos[0])
+        assert [p.index for p in got] == [p.index for p in want]
+        a, b = client.embed(photos[0]), engine.embed(photos[0])
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * float(np.abs(b).max()))
