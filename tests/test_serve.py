@@ -278,3 +278,17 @@ def test_deploy_manifests_match_the_real_server(server):
             assert named.get("metrics", args.metrics_port) == args.metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as r:
         assert "nv_inference_queue_duration_us" in r.read().decode()  # the HPA's metric exists
+
+
+def test_serve_refuses_numpy_2_with_the_reason(artifact):
+    """The build venv has numpy 2, which Triton's Python backend stub cannot read: a clear error, no server."""
+    import subprocess
+    import sys
+
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) < 2:
+        pytest.skip("this venv has numpy < 2")
+    out = subprocess.run([sys.executable, "-m", "vitrt", "serve", str(artifact), "--http-port", str(free_ports(1)[0])],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "needs numpy < 2" in out.stderr and "make serve" in out.stderr, out.stderr

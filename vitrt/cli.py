@@ -11,15 +11,33 @@ from pathlib import Path
 from .errors import VitrtError
 
 
+def _batch_args(p) -> None:
+    from .batch import BATCH_SIZE, SHARD_SIZE, WORKERS
+
+    p.add_argument("--workers", type=int, default=WORKERS, help="decoding threads, with -o (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per inference, with -o (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="rows per Parquet shard, with -o (default: %(default)s)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (`pip install 'vitrt[ray]'`), at ADDRESS or the one this machine "
+                        "belongs to (default: off)")
+    p.add_argument("--actors", type=int, default=None, help="Engine actors, with --ray (default: the cluster's CPUs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY (default: a bar on a TTY)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitrt", description="Run vitrt artifacts (.onnx, .plan) on images.")
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="top-k ImageNet classes for images",
                         description="Print the top-k classes of each image.")
-    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                    help="image files (JPEG, PNG, ...); with -o, one SRC: a folder, a glob or a list file")
+    pr.add_argument("-o", "--output", type=Path, default=None, metavar="OUT",
+                    help="run as a batch job into this Parquet dataset folder (default: print)")
+    pr.add_argument("--logits", action="store_true", help="with -o, also write the logits (default: off)")
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--engine", type=Path, metavar="PATH", help="a .onnx or .plan artifact, or an artifacts folder "
                      "(the best file in it for this machine)")
+    _batch_args(pr)
     src.add_argument("--server", metavar="URL", help="a `vitrt serve` server, e.g. localhost:8000")
     pr.add_argument("--model-name", default="b16_384", help="the served model, with --server (default: %(default)s)")
     pr.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
@@ -45,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GPU index, for a .plan or an .onnx on the CUDA/TensorRT provider (default: GPU 0 where "
                          "a GPU runs it; none on a CPU)")
     ve.add_argument("--report", type=Path, default=None, metavar="JSON", help="also write the report here (default: none)")
+    em = sub.add_parser("embed", help="embeddings of a whole image collection into a Parquet dataset",
+                        description="Embed every image under SRC (a folder, a glob or a list file) into the Parquet "
+                                    "dataset OUT: resumable after kill -9, bad files in OUT/_errors.parquet.")
+    em.add_argument("src", metavar="SRC", help="a folder (recursive), a glob, or a text file with one path per line")
+    em.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="the dataset folder")
+    em.add_argument("--engine", type=Path, default=Path("artifacts"),
+                    help="an artifact or an artifacts folder (default: %(default)s: the best file for this machine)")
+    _batch_args(em)
     sv = sub.add_parser("serve", help="serve an artifact on Triton Inference Server",
                         description="Start the real Triton Inference Server (the binary in nvidia-pytriton) serving one "
                                     "model: image files in (BYTES), logits, embedding and top-k labels out; the wire "
@@ -113,6 +139,8 @@ def _run(args) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "embed" or (args.command == "predict" and args.output is not None):
+        return _batch(args)
     from .engine import Engine
 
     if args.command == "verify":
@@ -144,6 +172,33 @@ def _run(args) -> int:
             print(img)
             for p in preds:
                 print(f"  {p.prob:8.4f}  {p.index:4d}  {p.label}")
+    return 0
+
+
+def _batch(args) -> int:
+    task = args.command
+    if task == "predict":
+        if len(args.images) != 1 or args.server:
+            raise VitrtError(f"predict -o takes one SRC and --engine; got {len(args.images)} sources"
+                             + (" and --server" if args.server else "") + ": expected `vitrt predict SRC -o OUT --engine ...`")
+        src = args.images[0]
+    else:
+        src = args.src
+    options = {"workers": args.workers, "batch_size": args.batch_size, "shard_size": args.shard_size,
+               "progress": False if args.no_progress else None}
+    if task == "predict":
+        options.update(topk=args.topk, logits=args.logits)
+    if args.ray is not None:
+        from .batch_ray import run_ray
+
+        summary = run_ray(args.engine, src, args.output, task=task, actors=args.actors, address=args.ray, **options)
+    else:
+        from .batch import run
+        from .engine import Engine
+
+        with Engine(args.engine) as engine:
+            summary = run(engine, src, args.output, task=task, **options)
+    print(json.dumps(summary))
     return 0
 
 

@@ -191,6 +191,18 @@ class Engine:
         results = [top_k(p, int(topk), self.labels) for p in probs]
         return results[0] if single else results
 
+    def embed_files(self, src, out, **kwargs) -> dict:
+        """:func:`vitrt.embed_files` on this engine: a Parquet dataset of the embeddings under ``src``."""
+        from .batch import run
+
+        return run(self, src, out, task="embed", **kwargs)
+
+    def predict_files(self, src, out, **kwargs) -> dict:
+        """:func:`vitrt.predict_files` on this engine: a Parquet dataset of the top-k classes under ``src``."""
+        from .batch import run
+
+        return run(self, src, out, task="predict", **kwargs)
+
     def embed(self, images: Any) -> np.ndarray:
         """float32 embedding: (768,) for one image, (N, 768) for a list (timm's pre-logits features)."""
         out, single = self._run_images(images)
