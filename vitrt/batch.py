@@ -245,12 +245,16 @@ def _run_shard(engine, pool, root: Path, paths: list[str], batch_size: int, bar,
     """Decode ahead in the pool (two batches in flight), run full batches on the engine, in order."""
 
     def crop(rel: str):
+        # the file's bytes, then the same decode as a Ray actor's (vitrt.batch_ray): the same rows and the
+        # same error texts on both
         try:
-            return engine.preprocess(root / rel)
+            data = (root / rel).read_bytes()
+        except OSError as exc:  # vanished or unreadable between listing and reading
+            return VitrtError(f"the file cannot be read ({exc.strerror or exc}); expected a readable image file")
+        try:
+            return engine.preprocess(data)
         except VitrtError as exc:
             return exc
-        except OSError as exc:  # vanished or unreadable between listing and reading
-            return VitrtError(f"{rel}: {exc.strerror or exc}; expected a readable image file")
 
     window = deque()
     good, crops, errors, parts = [], [], [], []
