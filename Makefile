@@ -41,7 +41,7 @@ PLAN_MAX_BATCH ?=
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
 
-.PHONY: engine test venv serve-venv serve triton parity bench bench-serve clean
+.PHONY: engine test venv serve-venv serve triton parity bench bench-batch bench-serve clean
 
 venv: $(VENV)/.installed
 
@@ -91,6 +91,10 @@ parity: venv
 bench: venv
 	$(PY) -m benchmarks.preprocess --out reports
 	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(BENCH_ARGS)
+
+# Batch-job benchmark: end to end vs model-only vs a naive loop, stage split, defaults -> reports/batch.{json,md}
+bench-batch: venv
+	$(PY) -m benchmarks.batch --artifacts '$(ARTIFACTS)' $(BENCH_ARGS)
 
 # Load test of `vitrt serve` on loopback -> reports/serve.{json,md,png}
 bench-serve: venv serve-venv

@@ -178,3 +178,27 @@ def test_gpu_check_without_a_gpu_fails_cleanly_with_a_report(tmp_path, capsys):
     report = json.loads((tmp_path / "no-gpu.json").read_text())
     assert report["results"][0]["check"] == "gpu" and report["results"][0]["status"] == "FAIL"
     assert "1 failed" in capsys.readouterr().out
+
+
+# --- benchmarks/batch.py and benchmarks/serve.py, small and short ------------------------------------
+def test_batch_benchmark_end_to_end(small_onnx, tmp_path):
+    from benchmarks import batch
+
+    r = batch.run(small_onnx, tmp_path, n=8, workers=(1, 2), batches=(1, 4), log=lambda m: None)
+    assert len(r["sweep"]) == 4 and all(x["img_s"] > 0 and x["vs_model"] > 0 for x in r["sweep"])
+    assert r["naive_img_s"] > 0 and r["stages"]["decode_ms"] > 0 and r["gpu"]["workers_needed"] > 0
+    md = (tmp_path / "batch.md").read_text()
+    assert "end to end / model" in md and "bound by" in md
+
+
+def test_serve_benchmark_end_to_end(small_onnx, tmp_path):
+    from benchmarks import serve
+    from benchmarks.serve_process import serve_python
+
+    if serve_python() is None:
+        pytest.skip("no serving venv (`make test` builds .venv-serve)")
+    r = serve.run(small_onnx, tmp_path, step_s=1.0, max_requests=20, concurrency=(1, 2), log=lambda m: None)
+    assert [s["clients"] for s in r["steps"]] == [1, 2] and all(s["accepted"] > 0 for s in r["steps"])
+    assert all(s["sent"] <= 20 for s in r["steps"]) and r["goals"]["saturation_vs_ceiling"] > 0
+    assert (tmp_path / "serve.md").read_text().startswith("Serving small.onnx")
+    assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
