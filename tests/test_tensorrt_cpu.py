@@ -135,13 +135,16 @@ def test_gpu_count_reads_cuda(monkeypatch):
 
     from vitrt import cuda as gpu
 
-    for result, expected in [((cudart.cudaError_t.cudaSuccess, 2), 2),
-                             ((cudart.cudaError_t.cudaErrorInsufficientDriver, None), 0),
-                             ((cudart.cudaError_t.cudaErrorNoDevice, 0), 0)]:
-        monkeypatch.setattr(cudart, "cudaGetDeviceCount", lambda r=result: r)
+    try:
+        for result, expected in [((cudart.cudaError_t.cudaSuccess, 2), 2),
+                                 ((cudart.cudaError_t.cudaErrorInsufficientDriver, None), 0),
+                                 ((cudart.cudaError_t.cudaErrorNoDevice, 0), 0)]:
+            monkeypatch.setattr(cudart, "cudaGetDeviceCount", lambda r=result: r)
+            gpu.gpu_count.cache_clear()
+            assert gpu.gpu_count() == expected
+    finally:  # a failed assertion must not leave a faked count cached for the other tests
+        monkeypatch.undo()
         gpu.gpu_count.cache_clear()
-        assert gpu.gpu_count() == expected
-    gpu.gpu_count.cache_clear()
 
 
 def test_cuda_check_raises_with_the_call_name():
