@@ -292,3 +292,16 @@ def test_serve_refuses_numpy_2_with_the_reason(artifact):
     out = subprocess.run([sys.executable, "-m", "vitrt", "serve", str(artifact), "--http-port", str(free_ports(1)[0])],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "needs numpy < 2" in out.stderr and "make serve" in out.stderr, out.stderr
+
+
+def test_vitrt_predict_over_the_server_prints_what_the_engine_prints(server, artifact, photos):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "vitrt", "predict", str(photos[3]), "--json", *args],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [(p["index"], p["label"]) for p in json.loads(out.stdout)[0]["predictions"]]
+
+    assert cli("--server", server.url, "--model-name", "m") == cli("--engine", str(artifact))
