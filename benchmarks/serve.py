@@ -169,6 +169,26 @@ def run(artifact: Path, out: Path, step_s: float = 15.0, max_requests: int = 200
     return data
 
 
+def delay_sweep(artifact: Path, out: Path, delays: list[int], concurrency: list[int], step_s: float,
+                max_requests: int, log=print) -> dict:
+    """The batching delay's effect: one server per delay, the same client steps (no ceiling)."""
+    blobs, rows = jpegs(), []
+    for d in delays:
+        with ServeProcess(artifact, "--queue-delay-us", str(d), "--model-name", "m") as srv:
+            step(srv.url, "m", blobs, 1, min(3.0, step_s), 3)  # warm-up
+            for c in concurrency:
+                r = step(srv.url, "m", blobs, c, step_s, max_requests)
+                rows.append({"delay_us": d, **r})
+                log(f"delay {d} us, {c} clients: {r['img_s']:.2f} img/s, p50 {r.get('p50', float('nan')):.0f} ms, "
+                    f"mean batch {r['mean_batch'] or 0:.1f}")
+    table = markdown_table(["delay us", "clients", "img/s", "p50 ms", "p99 ms", "mean batch"],
+                           [[r["delay_us"], r["clients"], f"{r['img_s']:.2f}", f"{r.get('p50', float('nan')):.0f}",
+                             f"{r.get('p99', float('nan')):.0f}", f"{r['mean_batch'] or 0:.1f}"] for r in rows], "rrrrrr")
+    data = {"artifact": str(artifact), "machine": machine_info(), "rows": rows}
+    write_reports("serve_delay", data, f"Batching delay, {Path(artifact).name}, {step_s:.0f} s a step\n\n" + table, folder=out)
+    return data
+
+
 def to_markdown(data: dict) -> str:
     rows = [[r["clients"], r["sent"], r["accepted"], ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0",
              f"{r['img_s']:.2f}", f"{r.get('p50', float('nan')):.0f}", f"{r.get('p95') or float('nan'):.0f}",
@@ -216,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--queue", type=int, default=64, help="the server's --max-queue-size (default: %(default)s)")
     p.add_argument("--queue-delay-us", type=int, default=None, help="the server's batching delay (default: its own)")
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="client counts (default: %(default)s)")
+    p.add_argument("--delays", default=None, metavar="US,US,...",
+                   help="instead: sweep the batching delay at --concurrency (default: none)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
     args = p.parse_args(argv)
     artifact = args.artifact
@@ -224,6 +246,11 @@ def main(argv=None) -> int:
 
         artifact, why = choose(args.artifacts)
         print(f"artifact: {artifact.name} ({why})")
+    if args.delays:
+        delay_sweep(artifact, args.out, [int(d) for d in args.delays.split(",")],
+                    [int(c) for c in args.concurrency.split(",")], args.step_s, args.max_requests)
+        print((args.out / "serve_delay.md").read_text())
+        return 0
     data = run(artifact, args.out, args.step_s, args.max_requests, args.queue, args.queue_delay_us,
                [int(c) for c in args.concurrency.split(",")])
     print(to_markdown(data))

@@ -38,9 +38,13 @@ from .errors import InputError, VitrtError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MANIFEST, ERRORS, FORMAT = "_vitrt.json", "_errors.parquet", 1
-#: Defaults measured with benchmarks/batch.py on a 2-core CPU (docs/benchmarks.md, "Batch jobs").
+#: Defaults measured with benchmarks/batch.py on a 2-core CPU with the full int8-cpu artifact
+#: (docs/benchmarks.md, "Batch jobs"): batch 4 was the fastest end to end (2.5-2.6 img/s against 2.3-2.5
+#: at 1, 8 and 16), and 1, 2 or 4 workers did not differ (decoding is 1 % of the CPU time there); 2
+#: workers keep a core's worth of decoding ahead. On a GPU use the plan's batch (--batch-size 32) and
+#: the workers docs/benchmarks.md computes.
 WORKERS = 2
-BATCH_SIZE = 8
+BATCH_SIZE = 4
 SHARD_SIZE = 4096
 
 
