@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPORTS, machine_info, markdown_table, write_reports
+from .common import REPORTS, chosen_artifact, machine_info, markdown_table, write_reports
 
 #: Expected GPU throughput for the decode-worker arithmetic (not measured: no GPU run exists). ViT-B/16
 #: at 384 is 49.4 GMACs = 98.8 GFLOP an image; an H100 SXM's dense FP16 tensor peak is 989 TFLOP/s; at
@@ -140,12 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,4,8,16", help="batch sizes (default: %(default)s)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
     args = p.parse_args(argv)
-    artifact = args.artifact
-    if artifact is None:
-        from vitrt.fleet import choose
-
-        artifact, why = choose(args.artifacts)
-        print(f"artifact: {artifact.name} ({why})")
+    artifact = chosen_artifact(args.artifact, args.artifacts)
     r = run(artifact, args.out, args.images, [int(w) for w in args.workers.split(",")],
             [int(b) for b in args.batches.split(",")])
     print(to_markdown(r))

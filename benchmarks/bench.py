@@ -136,8 +136,6 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> 
     import timm.data
     import torch
 
-    from vitrt.cuda import gpu_count
-
     onnx = next(p for p in artifacts if p.suffix == ".onnx")
     model, meta = reference_model(onnx)
     data_config = timm.data.resolve_model_data_config(model)

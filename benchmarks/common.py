@@ -112,3 +112,14 @@ def percentiles(seconds: list[float] | np.ndarray) -> dict[str, float]:
     ms = 1e3 * np.asarray(seconds, dtype=np.float64)
     return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 99)}
 
+
+
+def chosen_artifact(artifact: Path | None, folder: Path) -> Path:
+    """``artifact``, or the fleet rule's choice in ``folder`` for this machine (said on stdout)."""
+    if artifact is not None:
+        return artifact
+    from vitrt.fleet import choose
+
+    artifact, why = choose(folder)
+    print(f"artifact: {artifact.name} ({why})")
+    return artifact

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPORTS, machine_info, markdown_table, percentiles, write_reports
+from .common import REPORTS, chosen_artifact, machine_info, markdown_table, percentiles, write_reports
 from .serve_process import ServeProcess, serve_python
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
@@ -240,12 +240,7 @@ def main(argv=None) -> int:
                    help="instead: sweep the batching delay at --concurrency (default: none)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
     args = p.parse_args(argv)
-    artifact = args.artifact
-    if artifact is None:
-        from vitrt.fleet import choose
-
-        artifact, why = choose(args.artifacts)
-        print(f"artifact: {artifact.name} ({why})")
+    artifact = chosen_artifact(args.artifact, args.artifacts)
     if args.delays:
         delay_sweep(artifact, args.out, [int(d) for d in args.delays.split(",")],
                     [int(c) for c in args.concurrency.split(",")], args.step_s, args.max_requests)

@@ -9,7 +9,6 @@ of 4 where Engine.embed(path) runs batches of 1, so ONNX Runtime's GEMMs may sum
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal

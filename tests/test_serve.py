@@ -15,7 +15,6 @@ import io
 import json
 import os
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request

@@ -4,12 +4,10 @@ of tests/fake_gpu.py (vitrt/cuda.py's real code runs on a fake cuda-python runti
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import sys
 import threading
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,23 +15,12 @@ import pytest
 import vitrt
 from conftest import SMALL_KWARGS
 from fake_gpu import E, FakeCudart, FakeEngine, fake_trt
+from test_tensorrt_cpu import _plan_pair
 from vitrt import cuda
 from vitrt.backends import tensorrt as trt_backend
 from vitrt.errors import ArtifactError, BackendError
-from vitrt.metadata import Metadata, sha256_file
 
 WIDTH = SMALL_KWARGS["embed_dim"]
-
-
-def _plan_pair(tmp_path: Path, small_onnx: Path, **plan_info) -> tuple[Path, Metadata]:
-    plan = tmp_path / "m.plan"
-    plan.write_bytes(b"not really a plan, but bytes with a hash")
-    data = Metadata.from_onnx(small_onnx).data
-    data["batch"] = {"min": 1, "opt": 8, "max": 32, "dynamic": True}
-    data["plan"] = {"sha256": sha256_file(plan), "tensorrt": "10.14.1.48", "compute_capability": "9.0",
-                    "gpu": "NVIDIA H100 80GB HBM3", "flavour": "tensorrt", **plan_info}
-    (tmp_path / "m.plan.json").write_text(json.dumps(data))
-    return plan, Metadata.from_json_file(tmp_path / "m.plan.json")
 
 
 def _rtx(trt, engine, log):
