@@ -148,13 +148,11 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_dataset(collection, small
     reference = tmp_path / "uninterrupted"
     run(engine, collection, reference, batch_size=4, shard_size=16, progress=False, log=lambda m: None)
     script = KILL_SCRIPT.format(src=str(collection))
-    kills = 0
-    for event, shard in (("batch", 1), ("renamed", 1), ("batch", 3), ("recorded", 2)):  # mid-shard, rename|manifest, last
+    for event, shard in (("batch", 1), ("renamed", 1), ("batch", 3)):  # mid-shard, rename|manifest, the last shard
         out = tmp_path / f"{event}{shard}"
         killed = subprocess.run([sys.executable, "-c", script, str(small_onnx), str(out), event, str(shard)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-        kills += 1
         assert not (out / ERRORS).exists() and not json.loads((out / MANIFEST).read_text())["complete"]
         again = subprocess.run([sys.executable, "-c", script, str(small_onnx), str(out), "never", "0"],
                                cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -162,7 +160,6 @@ def test_kill_9_at_any_point_then_rerun_gives_the_same_dataset(collection, small
         assert _read(out).equals(_read(reference)), (event, shard)  # row for row, no duplicate
         assert pq.read_table(out / ERRORS).equals(pq.read_table(reference / ERRORS))
         assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temp file left
-    assert kills == 4
 
 
 def test_ray_on_a_two_node_loopback_cluster_writes_the_same_dataset(collection, small_onnx, engine, tmp_path):

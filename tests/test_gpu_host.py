@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Every test whose outcome depends on the host: GPU count, nvidia-smi (the Makefile's TensorRT
-#: install), the ONNX Runtime providers, the PyTorch peers' device, the TensorRT flavour `auto` picks.
+#: install), the ONNX Runtime providers, the TensorRT flavour `auto` picks. (test_bench_end_to_end's
+#: peer name comes from bench.torch_device(), the same call the benchmark makes: not rerun here.)
 HOST_DEPENDENT = [
     "tests/test_tensorrt_cpu.py::test_engine_on_plan_without_gpu",
     "tests/test_tensorrt_build.py::test_the_real_runtime_judges_a_plan_for_this_machine",
@@ -22,7 +23,6 @@ HOST_DEPENDENT = [
     "tests/test_make_and_triton.py::test_make_engine_without_full_tensorrt",
     "tests/test_precision.py::test_builds_all_and_logs",
     "tests/test_corpus.py::test_engine_arguments",
-    "tests/test_benchmarks.py::test_bench_end_to_end",
 ]
 
 NVIDIA_SMI = """#!/bin/sh

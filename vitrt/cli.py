@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--logits", action="store_true", help="with -o, also write the logits (default: off)")
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--engine", type=Path, metavar="PATH", help="a .onnx or .plan artifact, or an artifacts folder "
-                     "(the best file in it for this machine)")
+                     "(the best file in it for this machine) (default: none: --engine or --server is required)")
     _batch_args(pr)
-    src.add_argument("--server", metavar="URL", help="a `vitrt serve` server, e.g. localhost:8000")
+    src.add_argument("--server", metavar="URL", help="a `vitrt serve` server, e.g. localhost:8000 (default: none)")
     pr.add_argument("--model-name", default="b16_384", help="the served model, with --server (default: %(default)s)")
     pr.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
