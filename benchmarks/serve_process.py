@@ -17,8 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve_python() -> Path | None:
-    """The serving venv's python (`make serve-venv`), or None when there is none."""
-    path = Path(os.environ.get("VITRT_SERVE_PYTHON") or ROOT / ".venv-serve" / "bin" / "python")
+    """The serving venv's python (`make serve-venv`), or None when there is none. A
+    ``$VITRT_SERVE_PYTHON`` that names no file is an error (`make test` sets it: the venv must be there)."""
+    named = os.environ.get("VITRT_SERVE_PYTHON")
+    path = Path(named or ROOT / ".venv-serve" / "bin" / "python")
+    if named and not path.is_file():
+        raise RuntimeError(f"VITRT_SERVE_PYTHON={named} does not exist; expected the serving venv's python")
     return path if path.is_file() else None
 
 
