@@ -31,6 +31,17 @@ def plan_path(folder: str | os.PathLike, name: str, precision: str) -> Path:
     return Path(folder) / (f"{name}.plan" if precision == DEFAULT_PLAN_PRECISION else f"{name}_{precision}.plan")
 
 
+def set_name(artifact: str | os.PathLike) -> str:
+    """The artifact set's NAME of a file named by :func:`onnx_path` or :func:`plan_path`:
+    ``b16_384`` for b16_384.onnx, b16_384_int8_cpu.onnx and b16_384_fp8.plan."""
+    stem = Path(artifact).name.split(".")[0]
+    for precision in PRECISIONS:
+        suffix = "_" + precision.replace("-", "_")
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
 def sidecar_path(plan: str | os.PathLike) -> Path:
     plan = Path(plan)
     return plan.with_name(plan.name + ".json")

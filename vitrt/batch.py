@@ -204,17 +204,23 @@ def run(engine, src, out, *, task: str = "embed", topk: int = 5, logits: bool = 
             done_here += len(shards[i])
     if bar is not None:
         bar.close()
+    seconds = time.perf_counter() - t0
+    summary = finish(out, manifest, skipped, len(shards), len(todo), seconds,
+                     img_s=done_here / seconds if seconds > 0 else None)
+    log(f"{task}: {summary['done']} done, {summary['failed']} failed (see {out / ERRORS}), {skipped} non-image "
+        f"files skipped, {len(shards)} shards in {out}")
+    return summary
+
+
+def finish(out: Path, manifest: Manifest, skipped: int, shards: int, todo: int, seconds: float, **extra) -> dict:
+    """The errors table, the manifest marked complete, and the job's summary (local and Ray alike)."""
     write_errors(out, manifest)
     manifest.data["complete"] = True
     manifest.save()
-    seconds = time.perf_counter() - t0
-    failed = sum(len(s["errors"]) for s in manifest.data["shards"].values())
-    summary = {"done": sum(s["rows"] for s in manifest.data["shards"].values()), "failed": failed,
-               "skipped_non_images": skipped, "shards": len(shards), "resumed_shards": len(shards) - len(todo),
-               "seconds": seconds, "img_s": done_here / seconds if seconds > 0 else None, "out": os.fspath(out)}
-    log(f"{task}: {summary['done']} done, {failed} failed (see {out / ERRORS}), {skipped} non-image files skipped, "
-        f"{len(shards)} shards in {out}")
-    return summary
+    done = manifest.data["shards"].values()
+    return {"done": sum(s["rows"] for s in done), "failed": sum(len(s["errors"]) for s in done),
+            "skipped_non_images": skipped, "shards": shards, "resumed_shards": shards - todo,
+            "seconds": seconds, **extra, "out": os.fspath(out)}
 
 
 def _files(task: str, src, out, engine="artifacts", **kwargs) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import BATCH_SIZE, SHARD_SIZE, ERRORS, Manifest, job_identity, list_images, rows_table, write_errors, write_shard
+from .batch import BATCH_SIZE, ERRORS, SHARD_SIZE, Manifest, finish, job_identity, list_images, rows_table, write_shard
 from .errors import BackendError, VitrtError
 
 
@@ -104,17 +104,10 @@ def run_ray(engine_path, src, out, *, task: str = "embed", topk: int = 5, logits
                     "logits": np.array(lg, np.float32).reshape(len(paths), classes)}
             write_shard(out, i, rows_table(task, paths, outs, topk, labels, logits))
             manifest.record(i, len(paths), errors)
-        write_errors(out, manifest)
-        manifest.data["complete"] = True
-        manifest.save()
+        summary = finish(out, manifest, skipped, len(shards), len(todo), time.perf_counter() - t0, actors=n)
     finally:
         ray.shutdown()
-    seconds = time.perf_counter() - t0
-    failed = sum(len(s["errors"]) for s in manifest.data["shards"].values())
-    summary = {"done": sum(s["rows"] for s in manifest.data["shards"].values()), "failed": failed,
-               "skipped_non_images": skipped, "shards": len(shards), "resumed_shards": len(shards) - len(todo),
-               "seconds": seconds, "actors": n, "out": os.fspath(out)}
-    log(f"{task} on Ray ({n} actors): {summary['done']} done, {failed} failed (see {out / ERRORS}), "
+    log(f"{task} on Ray ({n} actors): {summary['done']} done, {summary['failed']} failed (see {out / ERRORS}), "
         f"{skipped} non-image files skipped")
     return summary
 

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..artifacts import parity_path, sidecar_path
+from ..artifacts import parity_path, set_name, sidecar_path
 from ..atomic import write_bytes
 from ..errors import ArtifactError
 from ..labels import labels_for
@@ -92,7 +92,7 @@ def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model
     if not artifact.is_file():
         raise ArtifactError(f"artifact {artifact} does not exist; expected a .onnx or .plan built by `make engine`")
     meta = metadata_of(artifact)
-    name = model_name or _set_name(artifact)
+    name = model_name or set_name(artifact)
     folder = Path(repo) / name
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
@@ -120,12 +120,3 @@ def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model
     write_bytes(folder / "labels.txt", ("\n".join(labels) + "\n").encode())
     write_bytes(version / "model.py", (Path(__file__).parent / "triton_model.py").read_bytes())
     return folder
-
-
-def _set_name(artifact: Path) -> str:
-    """The artifact set's NAME: ``b16_384`` for b16_384.onnx, b16_384_int8_cpu.onnx, b16_384_fp8.plan."""
-    stem = artifact.name.split(".")[0]
-    for suffix in ("_int8_cpu", "_fp16", "_int8", "_fp8", "_fp32"):
-        if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
