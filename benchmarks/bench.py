@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ import numpy as np
 
 from .common import REPORTS, find_artifacts, machine_info, markdown_table, percentiles, reference_model, write_reports
 
-QUICK = {"batches": [1, 2], "warmup": 1, "min_iters": 3, "seconds": 0.0}
-FULL = {"batches": [1, 2, 4, 8, 16, 32], "warmup": 3, "min_iters": 10, "seconds": 10.0}
+QUICK = {"batches": [1, 8], "warmup": 1, "min_iters": 3, "seconds": 0.0, "rounds": 1}
+FULL = {"batches": [1, 2, 4, 8, 16, 32], "warmup": 3, "min_iters": 10, "seconds": 10.0, "rounds": 3}
 
 
 def measure(fn: Callable[[], Any], warmup: int, min_iters: int, seconds: float, sync: Callable[[], None] = lambda: None) -> dict:
@@ -39,7 +38,7 @@ def measure(fn: Callable[[], Any], warmup: int, min_iters: int, seconds: float, 
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return {"iters": len(times), "seconds": float(sum(times)), **percentiles(times)}
+    return {"iters": len(times), "seconds": float(sum(times)), **percentiles(times), "times": times}
 
 
 def summarize(m: dict, batch: int) -> dict:
@@ -73,11 +72,11 @@ class TorchPeer:
                     return self.fn(x)
             return self.fn(x)
 
-    def infer(self, batch: np.ndarray):
+    def infer(self, batch: np.ndarray) -> dict:
         import torch
 
         out = self._run(torch.from_numpy(batch).to(self.device))
-        return out[0].float().cpu().numpy()
+        return {"logits": out[0].float().cpu().numpy(), "embedding": out[1].float().cpu().numpy()}
 
     def predict(self, jpegs: list[bytes]):
         """timm's own pipeline: decode, timm transform, model, softmax top-5."""
@@ -104,12 +103,13 @@ class TorchPeer:
 
 
 class VitrtPeer:
-    def __init__(self, artifact: Path, threads: int):
+    def __init__(self, artifact: Path, threads: int, backend: str | None = None):
         import vitrt
 
-        self.engine = vitrt.Engine(artifact, threads=threads)
+        self.engine = vitrt.Engine(artifact, threads=threads, backend=backend)
         self.name = f"{artifact.name} ({self.engine.backend.name})"
         self.max_batch = self.engine.metadata.max_batch
+        self.default = False  # vitrt's CPU default: the fleet rule's artifact on the runtime Engine picks
 
     def infer(self, batch: np.ndarray):
         return self.engine.infer(batch)
@@ -131,8 +131,11 @@ def torch_device() -> str:
     return "cuda" if gpu_count() and torch.cuda.is_available() else "cpu"
 
 
-def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> list:
-    """PyTorch eager, autocast and torch.compile (same weights as the artifacts), then every artifact."""
+def peers(artifacts: list[Path], threads: int, include_compile: bool = True, folder: Path | None = None,
+          skipped: dict | None = None) -> list:
+    """PyTorch eager, autocast and torch.compile (same weights as the artifacts); on a CPU, the CPU peers
+    (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks for it, and the int8-cpu
+    artifact on the other CPU runtime too. ``skipped`` receives the peers left out, with why."""
     import timm.data
     import torch
 
@@ -140,6 +143,7 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> 
     model, meta = reference_model(onnx)
     data_config = timm.data.resolve_model_data_config(model)
     device = torch_device()
+    skipped = {} if skipped is None else skipped
     out: list = [TorchPeer("PyTorch eager FP32", model, data_config, device)]
     if device == "cuda":
         out.append(TorchPeer("PyTorch FP16 autocast", model, data_config, device, autocast=torch.float16))
@@ -147,13 +151,40 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True) -> 
         out.append(TorchPeer("PyTorch bf16 autocast", model, data_config, device, autocast=torch.bfloat16))
     if include_compile:
         out.append(TorchPeer("torch.compile FP32", model, data_config, device, compile=True))
-    out += [VitrtPeer(p, threads) for p in artifacts]
+    if device == "cpu":
+        from . import cpu_peers
+
+        out += cpu_peers.cpu_peers(onnx, model, data_config, threads, skipped, include_compile)
+    default = _cpu_default(folder or onnx.parent) if device == "cpu" else None
+    for p in artifacts:
+        runner = VitrtPeer(p, threads)
+        runner.default = p == default
+        out.append(runner)
+        if p.suffix == ".onnx" and runner.engine.metadata.precision == "int8-cpu":
+            other = "onnxruntime" if runner.engine.backend.name.startswith("openvino") else "openvino"
+            from benchmarks.cpu_peers import missing
+
+            if other == "onnxruntime" or not missing("openvino"):
+                out.append(VitrtPeer(p, threads, backend=other))
+            else:
+                skipped[f"{p.name} on OpenVINO"] = missing("openvino")
     return out
+
+
+def _cpu_default(folder: Path) -> Path | None:
+    """The artifact ``vitrt.Engine(folder)`` runs on this machine, or None where the rule finds none."""
+    from vitrt.errors import VitrtError
+    from vitrt.fleet import choose
+
+    try:
+        return choose(folder)[0]
+    except VitrtError:
+        return None
 
 
 def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, batches: list[int] | None = None,
         seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True,
-        only: list[str] | None = None) -> dict:
+        only: list[str] | None = None, rounds: int | None = None) -> dict:
     import torch
 
     from vitrt.errors import ArtifactError
@@ -165,7 +196,11 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
         cfg["batches"] = batches
     if seconds is not None:
         cfg["seconds"] = seconds
-    threads = threads or os.cpu_count() or 1
+    if rounds:
+        cfg["rounds"] = rounds
+    from vitrt.cpu import usable_cores
+
+    threads, threads_why = (threads, "--threads") if threads else usable_cores()
     torch.set_num_threads(threads)
     artifacts = find_artifacts(artifacts_dir)
     if only:
@@ -176,27 +211,39 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
         artifacts = [p for p in artifacts if p.name in only]
     if not any(p.suffix == ".onnx" for p in artifacts):
         raise ArtifactError(f"no vitrt artifacts in {artifacts_dir}; build them with `make engine`")
-    runners = peers(artifacts, threads, include_compile)
+    skipped: dict[str, str] = {}
+    runners = peers(artifacts, threads, include_compile, folder=Path(artifacts_dir), skipped=skipped)
     jpegs = [data for _, data in make_jpegs()]
     rng = np.random.default_rng(0)
     import vitrt
 
+    from . import standing
+
     crops = np.stack([vitrt.preprocess(j) for j in jpegs])
+    acc = standing.accuracy(runners, standing.photo_crops())
     results: dict[str, dict[str, dict]] = {"model": {}, "e2e": {}}
-    steps = [(r, b) for r in runners for b in cfg["batches"] if b <= getattr(r, "max_batch", 10**9)]
-    bar = _bar(len(steps) * 2, progress)
-    for runner, b in steps:
-        batch = crops[rng.integers(0, len(crops), b)]
-        files = [jpegs[i % len(jpegs)] for i in range(b)]
-        for mode, fn in (("model", lambda: runner.infer(batch)), ("e2e", lambda: runner.predict(files))):
-            if bar is not None:
-                bar.set_description(f"{runner.name[:40]} {mode} b{b}")
-            m = measure(fn, cfg["warmup"], cfg["min_iters"], cfg["seconds"], runner.sync)
-            results[mode].setdefault(runner.name, {})[str(b)] = summarize(m, b)
-            if bar is not None:
-                bar.update(1)
+    times: dict = {}
+    rounds = cfg["rounds"]
+    steps = [(b, mode, k, r) for b in cfg["batches"] for mode in ("model", "e2e") for k in range(rounds)
+             for r in runners if b <= getattr(r, "max_batch", 10**9)]
+    bar = _bar(len(steps), progress)
+    inputs = {b: (crops[rng.integers(0, len(crops), b)], [jpegs[i % len(jpegs)] for i in range(b)]) for b in cfg["batches"]}
+    for b, mode, k, runner in steps:  # interleaved: each round times every row once, so a slow spell hits all
+        batch, files = inputs[b]
+        fn = (lambda: runner.infer(batch)) if mode == "model" else (lambda: runner.predict(files))
+        if bar is not None:
+            bar.set_description(f"{runner.name[:40]} {mode} b{b} round {k + 1}")
+        m = measure(fn, cfg["warmup"] if k == 0 else 1, -(-cfg["min_iters"] // rounds), cfg["seconds"] / rounds,
+                    runner.sync)
+        times.setdefault((mode, runner.name, b), []).extend(m.pop("times"))
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
+    for (mode, name, b), t in times.items():
+        results[mode].setdefault(name, {})[str(b)] = summarize(
+            {"iters": len(t), "seconds": float(sum(t)), **percentiles(t)}, b)
+    default = next((r for r in runners if getattr(r, "default", False)), None)
     for r in runners:
         if isinstance(r, VitrtPeer):
             r.engine.close()
@@ -206,9 +253,15 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
             for b, m in per_batch.items():
                 ref = results[mode][base].get(b)
                 m["vs_eager"] = m["img_s"] / ref["img_s"] if ref else None
-    report = {"results": results, "config": {**cfg, "threads": threads, "quick": quick},
+    report = {"results": results, "accuracy": acc, "skipped": skipped,
+              "verdict": standing.verdict(results, acc, default and default.name, cfg["batches"]),
+              "config": {**cfg, "threads": threads, "threads_why": threads_why, "quick": quick},
               "baseline": base, "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python -m benchmarks.bench"] + sys.argv[1:])}
+    if default is not None:
+        macs = standing.vit_macs(reference_model(default.engine.path)[0])
+        report["limit"] = {b: standing.limit(results["model"][default.name][b]["img_s"], macs, threads)
+                           for b in results["model"][default.name]}
     md = to_markdown(report)
     report["paths"] = {k: str(v) for k, v in write_reports("bench", report, md, figure(report), out).items()}
     print(md)
@@ -225,18 +278,40 @@ def _bar(total: int, enabled: bool):
 
 def to_markdown(report: dict) -> str:
     m, cfg = report["machine"], report["config"]
-    where = m["cpu"] + (f", {m['gpu']['name']}" if "gpu" in m else ", no GPU")
-    lines = [f"Benchmark {report['date']}: {where}; {cfg['threads']} CPU threads; warm-up {cfg['warmup']}, "
-             f"at least {cfg['min_iters']} calls and {cfg['seconds']} s per point; ratio vs {report['baseline']}.", ""]
+    where = m["cpu"] + (f" ({', '.join(m['cpu_isa'])})" if m.get("cpu_isa") else "")
+    where += f", {m['gpu']['name']}" if "gpu" in m else ", no GPU"
+    lines = [f"Benchmark {report['date']}: {where}; {cfg['threads']} threads ({cfg.get('threads_why', '')}); warm-up "
+             f"{cfg['warmup']}, at least {cfg['min_iters']} calls and {cfg['seconds']} s per point in "
+             f"{cfg.get('rounds', 1)} interleaved round(s); ratio vs {report['baseline']}; embedding cosine vs it on "
+             f"{next(iter(report['accuracy'].values()))['n']} photos.", ""]
     titles = {"model": "Model only (preprocessed uint8 batch in)", "e2e": "End to end (encoded JPEGs in, top-5 out)"}
+    acc = report["accuracy"]
     for mode, title in titles.items():
         rows = []
         for name, per_batch in report["results"][mode].items():
             for b, r in per_batch.items():
                 ratio = f"{r['vs_eager']:.2f}x" if r.get("vs_eager") else "-"
-                rows.append([name, b, f"{r['img_s']:.2f}", ratio, f"{r['p50']:.1f}", f"{r['p90']:.1f}", f"{r['p99']:.1f}"])
-        lines += [f"**{title}**", "", markdown_table(["backend", "batch", "img/s", "vs eager", "p50 ms", "p90 ms", "p99 ms"],
-                                                      rows, "lrrrrrr"), ""]
+                a = acc[name]
+                rows.append([name, b, f"{r['img_s']:.2f}", ratio, f"{r['p50']:.1f}", f"{r['p90']:.1f}", f"{r['p99']:.1f}",
+                             f"{a['cos_mean']:.4f}", f"{a['cos_worst']:.4f}"])
+        lines += [f"**{title}**", "", markdown_table(["backend", "batch", "img/s", "vs eager", "p50 ms", "p90 ms", "p99 ms",
+                                                      "cos mean", "cos worst"], rows, "lrrrrrrrr"), ""]
+    for name, why in report.get("skipped", {}).items():
+        lines.append(f"- Not run: {name}: {why}")
+    v = report.get("verdict") or {}
+    if v.get("points"):
+        lines += ["", f"**vitrt's CPU default** ({v['default']}) against the fastest other row with worst photo cosine "
+                      f">= {v['peer_worst']}, by median latency (goal: >= {v['lead']}x, own cosine "
+                      f"{'met' if v['own_accurate'] else 'NOT met'}):", ""]
+        lines += [f"- {pt}: {p['ratio']:.2f}x {p['fastest_peer']} ({'first' if p['first'] else 'not first'})"
+                  for pt, p in v["points"].items()]
+    for b, lim in (report.get("limit") or {}).items():
+        if "share_int8" in lim:
+            per = ", ".join(f"{k} {x['macs']}/cycle ({x['instruction']})" for k, x in lim["per_cycle"].items())
+            lines.append(f"- Limit at batch {b}: {lim['cores']} cores x {lim['clock_mhz']:.0f} MHz ({lim['clock_source']}); "
+                         f"{per}; {sum(lim['gmac_per_image'].values()):.1f} GMAC/image -> {lim['img_s_limit_int8']:.1f} img/s "
+                         f"all-int8 ({lim.get('img_s_limit_as_built', 0):.1f} with attention in FP32): vitrt's default "
+                         f"reaches {100 * lim['share_int8']:.0f} % ({100 * lim.get('share_as_built', 0):.0f} %)")
     return "\n".join(lines).rstrip()
 
 
@@ -276,11 +351,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Latency and throughput of every backend, side by side.")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)")
-    p.add_argument("--full", action="store_true", help="the full sweep: batches 1-32, 10 s per point (default: quick)")
+    p.add_argument("--full", action="store_true", help="the full sweep: batches 1-32, 10 s per point in 3 rounds (default: quick)")
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                   help="comma-separated batch sizes (default: 1,2 quick; 1,2,4,...,32 full)")
+                   help="comma-separated batch sizes (default: 1,8 quick; 1,2,4,...,32 full)")
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per point (default: 0 quick, 10 full)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every row (default: the physical cores this process may use)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds per point, each row timed once per round (default: 1 quick, 3 full)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer (default: include)")
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="FILES",
                    help="comma-separated artifact file names to time (default: every artifact found)")
@@ -290,7 +368,7 @@ def main(argv=None) -> int:
 
     try:
         run(args.artifacts, quick=not args.full, threads=args.threads, batches=args.batches, seconds=args.seconds,
-            include_compile=args.compile, out=args.out, only=args.only)
+            include_compile=args.compile, out=args.out, only=args.only, rounds=args.rounds)
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

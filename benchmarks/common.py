@@ -51,8 +51,12 @@ def reference_model(artifact: Path):
 
 
 def machine_info() -> dict[str, Any]:
+    from vitrt.cpu import read_cpuinfo
+
+    cpu = read_cpuinfo()
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu": cpu_name(), "cores": os.cpu_count()}
+                            "cpu": cpu_name(), "cores": os.cpu_count(), "cpu_isa": cpu.isa, "cpu_vendor": cpu.vendor,
+                            "cpu_family": cpu.family, "clock_mhz": cpu.mhz}
     from vitrt.cuda import gpu_count
 
     if gpu_count():
@@ -64,7 +68,7 @@ def machine_info() -> dict[str, Any]:
 
     versions = {}
     for pkg in ("vitrt", "torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "nvidia-modelopt", "numpy",
-                "pillow", "tensorrt", "cuda-bindings"):
+                "pillow", "tensorrt", "cuda-bindings", "openvino", "nncf", "torchao"):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

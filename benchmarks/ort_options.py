@@ -22,19 +22,10 @@ from .common import REPORTS, machine_info, markdown_table, write_reports
 
 
 def physical_cores() -> int:
-    """Cores, not hyper-threads (from /proc/cpuinfo's core ids; os.cpu_count() where unknown)."""
-    try:
-        cores = set()
-        phys = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("physical id"):
-                phys = line.split(":")[1].strip()
-            elif line.startswith("core id"):
-                core = line.split(":")[1].strip()
-                cores.add((phys, core))
-        return len(cores) or os.cpu_count() or 1
-    except OSError:
-        return os.cpu_count() or 1
+    """The physical cores this process may use (vitrt.cpu: affinity and cgroup quota)."""
+    from vitrt.cpu import usable_cores
+
+    return usable_cores()[0]
 
 
 def configs() -> dict[str, dict]:

@@ -122,12 +122,27 @@ def test_parity_end_to_end(small_artifacts, tmp_path):
 
 
 def test_bench_end_to_end(small_artifacts, tmp_path):
+    from benchmarks.cpu_peers import missing
+
     res = bench.run(small_artifacts, quick=True, threads=2, batches=[1, 2], out=tmp_path, progress=False,
                     only=["b16_384.onnx", "b16_384_int8_cpu.onnx"])
     names = list(res["results"]["model"])
-    autocast = "PyTorch FP16 autocast" if bench.torch_device() == "cuda" else "PyTorch bf16 autocast"
+    cpu = bench.torch_device() == "cpu"
+    autocast = "PyTorch FP16 autocast" if not cpu else "PyTorch bf16 autocast"
     assert names[:3] == ["PyTorch eager FP32", autocast, "torch.compile FP32"]
-    assert [n.split(" (")[0] for n in names[3:]] == ["b16_384.onnx", "b16_384_int8_cpu.onnx"]  # --only, fp32 first
+    peers = ["PyTorch dynamic int8"] if cpu else []
+    if cpu:  # every CPU peer runs, or is listed as skipped with the reason
+        ov = not (missing("openvino") or missing("nncf"))
+        bf16 = {"AVX-512 BF16", "AMX-BF16"} & set(res["machine"]["cpu_isa"])
+        peers = (["OpenVINO FP32"] + (["OpenVINO bf16"] if bf16 else []) + ["OpenVINO NNCF INT8"] if ov else []) + peers
+        peers += [] if missing("torchao") else ["PyTorch PT2E int8 (Inductor)"]
+        assert set(res["skipped"]) == ({"OpenVINO FP32 / bf16 / NNCF INT8"} if not ov else set()) | (
+            {"PyTorch PT2E int8 (Inductor)"} if missing("torchao") else set()) | (
+            {"b16_384_int8_cpu.onnx on OpenVINO"} if missing("openvino") else set())
+    assert names[3:3 + len(peers)] == peers
+    artifacts = [n.split(" (")[0] for n in names[3 + len(peers):]]
+    assert artifacts[:2] == ["b16_384.onnx", "b16_384_int8_cpu.onnx"]  # --only, fp32 first
+    assert set(artifacts[2:]) <= {"b16_384_int8_cpu.onnx"}  # int8-cpu also on the other CPU runtime
     for mode in ("model", "e2e"):
         for name, per_batch in res["results"][mode].items():
             assert set(per_batch) == {"1", "2"}
@@ -137,9 +152,23 @@ def test_bench_end_to_end(small_artifacts, tmp_path):
                 mean_ms = r["seconds"] / r["iters"] * 1000
                 assert r["iters"] >= 3 and r["img_s"] > 0 and r["p50"] / 2 <= mean_ms <= 2 * r["p99"]
     assert res["results"]["model"]["PyTorch eager FP32"]["1"]["vs_eager"] == pytest.approx(1.0)
+    # accuracy: the reference against itself is exact; FP32 rows are FP32 (cosine > 0.9999 on 16 photos);
+    # the int8 rows of this small random ViT land near 0.999 (the 0.95 floor fails a broken quantizer)
+    acc = res["accuracy"]
+    assert set(acc) == set(names) and acc["PyTorch eager FP32"]["cos_worst"] == pytest.approx(1.0)
+    assert all(a["n"] == 16 for a in acc.values())
+    for name, a in acc.items():
+        assert a["cos_worst"] > (0.9999 if "FP32" in name or name.startswith("b16_384.onnx") else 0.95), (name, a)
+    v = res["verdict"]
+    if cpu:  # the fleet rule's artifact on this machine, judged against the fastest accurate other row
+        assert v["default"].startswith("b16_384_int8_cpu.onnx (") and set(v["points"]) == {"model b1", "model b2", "e2e b1", "e2e b2"}
+        for pt in v["points"].values():
+            assert pt["fastest_peer"] in names and pt["fastest_peer"] != v["default"] and pt["ratio"] > 0
+        lim = res["limit"]["1"]
+        assert lim["cores"] == 2 and 0 < lim.get("share_int8", 0.5) < 1
     assert res["config"]["threads"] == 2 and "cpu" in res["machine"] and "torch" in res["machine"]["packages"]
     md = (tmp_path / "bench.md").read_text()
-    assert "Model only" in md and "End to end" in md and "vs eager" in md
+    assert "Model only" in md and "End to end" in md and "vs eager" in md and "cos worst" in md
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -2,7 +2,7 @@
 
     artifacts/b16_384.onnx                  fp32 ONNX (the source of every variant)
     artifacts/b16_384_fp16.onnx             precision variants: NAME_<precision>.onnx
-    artifacts/b16_384_int8_cpu.onnx         the INT8 variant made for ONNX Runtime's CPU provider
+    artifacts/b16_384_int8_cpu.onnx         the INT8 CPU variant (runs on ONNX Runtime or OpenVINO)
     artifacts/b16_384.plan                  TensorRT plan of the fp16 variant (the default plan)
     artifacts/b16_384_int8.plan             other plans say their precision
     artifacts/b16_384.plan.json             a plan's sidecar metadata

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", type=int, default=None, metavar="N",
                     help="GPU index, for a .plan or an .onnx on the CUDA/TensorRT provider (default: GPU 0 where "
                          "a GPU runs it; none on a CPU)")
+    pr.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                    help="the runtime of an .onnx (default: ONNX Runtime with a GPU, else the faster one for this "
+                         "CPU: vitrt.fleet.cpu_backend)")
     inf = sub.add_parser("info", help="describe an artifact", description="Describe an artifact from its vitrt "
                          "metadata: model, precision, I/O, batch, and for a plan its TensorRT flavour and targets.")
     inf.add_argument("path", type=Path, metavar="PATH", help="a .onnx artifact, a .plan or its .plan.json")
@@ -62,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--device", type=int, default=None, metavar="N",
                     help="GPU index, for a .plan or an .onnx on the CUDA/TensorRT provider (default: GPU 0 where "
                          "a GPU runs it; none on a CPU)")
+    ve.add_argument("--backend", choices=("onnxruntime", "openvino"), default=None,
+                    help="the runtime of an .onnx (default: ONNX Runtime with a GPU, else the faster one for this "
+                         "CPU: vitrt.fleet.cpu_backend)")
     ve.add_argument("--report", type=Path, default=None, metavar="JSON", help="also write the report here (default: none)")
     em = sub.add_parser("embed", help="embeddings of a whole image collection into a Parquet dataset",
                         description="Embed every image under SRC (a folder, a glob or a list file) into the Parquet "
@@ -147,7 +153,7 @@ def _run(args) -> int:
         from .atomic import write_json
         from .verify import format_report
 
-        with Engine(args.path, providers=_providers(args.providers), device=args.device) as engine:
+        with Engine(args.path, providers=_providers(args.providers), device=args.device, backend=args.backend) as engine:
             report = engine.verify(args.reference)
         print(format_report(report))
         if args.report is not None:
@@ -159,7 +165,7 @@ def _run(args) -> int:
 
         runner = Client(args.server, args.model_name)
     else:
-        runner = Engine(args.engine, providers=_providers(args.providers), device=args.device)
+        runner = Engine(args.engine, providers=_providers(args.providers), device=args.device, backend=args.backend)
     with runner:
         results = []
         for image in args.images:  # one at a time: a bad image names itself and stops the run

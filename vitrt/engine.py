@@ -43,15 +43,23 @@ class Engine:
 
     ``device`` picks the GPU (default 0): for a plan, and for an ``.onnx`` on ONNX Runtime's CUDA or
     TensorRT provider (their ``device_id``). ``providers`` (ONNX Runtime execution providers; default:
-    the best present) and ``threads`` (its intra-op threads) apply to ``.onnx`` only, ``cuda_graphs``
+    the best present) and ``threads`` (its intra-op threads; default: the physical cores this process may
+    run on, from its affinity mask and cgroup CPU quota, :func:`vitrt.cpu.usable_cores`) apply to
+    ``.onnx`` only, as does ``backend`` ("onnxruntime" or "openvino"; default: ONNX Runtime with a
+    GPU, else the runtime :func:`vitrt.fleet.cpu_backend` picks for this CPU; ``backend_why`` says
+    why), ``cuda_graphs``
     (CUDA graph replay, default on) to ``.plan`` only: an argument the artifact's backend would ignore
     is refused. ``max_pixels`` refuses larger images before decoding them. Use as a context manager or
     call :meth:`close` to free the session and its buffers.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence | str | None = None, *, device: int | None = None,
-                 cuda_graphs: bool | None = None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 cuda_graphs: bool | None = None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 backend: str | None = None):
         self.backend = None
+        self.threads = None  # ONNX Runtime's intra-op threads (.onnx only), and why that many
+        self.threads_why = None
+        self.backend_why = None  # why this runtime, for an .onnx
         self.choice = None  # why this file, when ``path`` was a folder
         if not isinstance(path, (str, os.PathLike)):
             raise InputError(f"artifact path is a {type(path).__name__}; expected a str or Path to a .onnx or "
@@ -79,26 +87,42 @@ class Engine:
                                 "file built by `make engine`")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 1):
-            raise InputError(f"threads={threads!r}; expected a positive integer or None (ONNX Runtime's default)")
+            raise InputError(f"threads={threads!r}; expected a positive integer or None (the usable physical cores)")
         if device is not None and (isinstance(device, bool) or not isinstance(device, (int, np.integer)) or device < 0):
             raise InputError(f"device={device!r}; expected a GPU index (0, 1, ...) or None")
         if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
             raise InputError(f"cuda_graphs={cuda_graphs!r}; expected True, False or None")
         self.max_pixels = check_max_pixels(max_pixels)
         suffix = self.path.suffix.lower()
+        if backend not in (None, "onnxruntime", "openvino"):
+            raise InputError(f"backend={backend!r}; expected 'onnxruntime', 'openvino' or None (vitrt.fleet.cpu_backend)")
         if suffix == ".onnx":
-            from .backends.onnxruntime import OnnxRuntimeBackend
-
             if cuda_graphs:
                 raise InputError("cuda_graphs=True applies to .plan artifacts (TensorRT); ONNX Runtime's providers "
                                  "run an .onnx without vitrt's CUDA graphs: expected cuda_graphs=None or False")
             self.metadata = Metadata.from_onnx(self.path)
             check_graph_precision(self.path, self.metadata)
-            self.backend = OnnxRuntimeBackend(self.path, self.metadata, providers, threads=threads, device=device)
+            if threads is None:
+                from .cpu import usable_cores
+
+                threads, self.threads_why = usable_cores()
+            else:
+                self.threads_why = "threads= given"
+            self.threads = int(threads)
+            backend = self._onnx_backend(backend, providers, device)
+            if backend == "openvino":
+                from .backends.openvino import OpenVINOBackend
+
+                self.backend = OpenVINOBackend(self.path, self.metadata, threads=self.threads)
+            else:
+                from .backends.onnxruntime import OnnxRuntimeBackend
+
+                self.backend = OnnxRuntimeBackend(self.path, self.metadata, providers, threads=self.threads,
+                                                  device=device)
         elif suffix == ".plan":
             from .backends.tensorrt import TensorRTBackend
 
-            for name, value in (("providers", providers), ("threads", threads)):
+            for name, value in (("providers", providers), ("threads", threads), ("backend", backend)):
                 if value is not None:
                     raise InputError(f"{name}={value!r} applies to .onnx artifacts (ONNX Runtime); a .plan runs on "
                                      f"TensorRT: expected {name}=None")
@@ -108,6 +132,26 @@ class Engine:
         else:
             raise ArtifactError(f"artifact {shown!r} has suffix {suffix!r}; expected .onnx or .plan")
         self.labels = labels_for(self.metadata.label_set, self.metadata.num_classes)
+
+    def _onnx_backend(self, backend: str | None, providers, device: int | None) -> str:
+        """The runtime for this .onnx: ``backend`` as given, ONNX Runtime for ``providers`` or a GPU, else
+        the CPU rule (:func:`vitrt.fleet.cpu_backend`); ``backend_why`` says why."""
+        if backend == "openvino" and (providers is not None or device is not None):
+            raise InputError(f"backend='openvino' runs on the CPU; providers={providers!r} and device={device!r} "
+                             "are ONNX Runtime's: expected both None")
+        if backend is not None:
+            self.backend_why = "backend= given"
+            return backend
+        from .cuda import gpu_count
+
+        if providers is not None or device is not None or gpu_count() > 0:
+            self.backend_why = "ONNX Runtime's providers" + (" for the GPU" if providers is None else " as given")
+            return "onnxruntime"
+        from .fleet import Machine, cpu_backend
+
+        backend, self.backend_why = cpu_backend(Machine.here(), self.metadata.precision)
+        logging.getLogger("vitrt").info("vitrt: %s runs on %s: %s", self.path.name, backend, self.backend_why)
+        return backend
 
     # --- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -121,7 +165,8 @@ class Engine:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Engine({os.fspath(self.path)!r}, backend={self.backend.name}, precision={self.metadata.precision})"
+        threads = f", threads={self.threads} ({self.threads_why})" if self.threads else ""
+        return f"Engine({os.fspath(self.path)!r}, backend={self.backend.name}, precision={self.metadata.precision}{threads})"
 
     def verify(self, reference: str | os.PathLike | None = None, gate: dict | None = None) -> dict:
         """Run this artifact on the parity set's inputs saved beside it (``NAME.reference.npz``) and

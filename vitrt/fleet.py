@@ -9,7 +9,9 @@ The rule, in one function (:func:`choose`), driven by a :class:`Machine` that te
    full TensorRT built for this compute capability, or TensorRT-RTX with this GPU among its targets,
    and the TensorRT flavour that built it installed here at the same version. Then the ONNX on ONNX
    Runtime's CUDA provider (fp16, then fp32).
-2. Without one: ``NAME_int8_cpu.onnx`` (made for ONNX Runtime's CPU provider), then the fp32 ONNX.
+2. Without one: ``NAME_int8_cpu.onnx``, then the fp32 ONNX. :func:`cpu_backend` says which runtime
+   runs it: OpenVINO where it is installed and the CPU has int8 dot-product instructions (AVX-512 VNNI,
+   AMX), ONNX Runtime otherwise (docs/benchmarks.md has the measurements behind the rule).
 
 Only published artifacts count (their parity report beside them: `make engine` renames the report in
 before the artifact); a folder with several artifact sets needs ``name``.
@@ -39,6 +41,8 @@ class Machine:
     gpu: dict | None  # {"name", "compute_capability"} of the device to use, None without a GPU
     flavours: dict[str, str]  # installed TensorRT flavour -> version
     providers: tuple[str, ...]  # ONNX Runtime providers present
+    cpu_isa: tuple[str, ...] = ()  # vitrt.cpu.CpuInfo.isa
+    openvino: str | None = None  # the installed OpenVINO's version
 
     @classmethod
     def here(cls, device: int = 0) -> "Machine":
@@ -58,7 +62,11 @@ class Machine:
             providers = tuple(onnxruntime.get_available_providers())
         except ImportError:
             providers = ()
-        return cls(gpu=gpu, flavours=flavours, providers=providers)
+        from .backends.openvino import openvino_version
+        from .cpu import read_cpuinfo
+
+        return cls(gpu=gpu, flavours=flavours, providers=providers, cpu_isa=tuple(read_cpuinfo().isa),
+                   openvino=openvino_version())
 
 
 def artifact_sets(folder: Path) -> list[str]:
@@ -116,7 +124,7 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
                     return path, (f"{machine.gpu['name']}: no plan here runs on it ({', '.join(tried) or 'none built'}); "
                                   f"{precision} ONNX on ONNX Runtime's CUDA provider")
     where = "no NVIDIA GPU" if machine.gpu is None else f"{machine.gpu['name']} without a usable plan or CUDA provider"
-    for precision, what in (("int8-cpu", "the INT8 variant made for ONNX Runtime's CPU provider"),
+    for precision, what in (("int8-cpu", "the INT8 CPU variant (runtime: cpu_backend)"),
                             ("fp32", "the fp32 ONNX on ONNX Runtime's CPU provider")):
         path = onnx_path(folder, name, precision)
         if published(path):
@@ -124,3 +132,21 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
     raise ArtifactError(f"{os.fspath(folder)!r} has no published artifact of {name!r} that runs here ({where}); "
                         "expected NAME.onnx (or NAME_int8_cpu.onnx, or a plan for this GPU) with its parity report: "
                         "`make engine`")
+
+
+#: The CPUs where OpenVINO ran vitrt's int8-cpu artifact faster than ONNX Runtime (docs/benchmarks.md):
+#: 1.5x on AVX-512 VNNI (Ice Lake); on AVX2 alone it was 0.5-0.7x. AMX has not been measured: OpenVINO
+#: is chosen there for its AMX int8 kernels (oneDNN brgemm), an expectation to check with `make bench`.
+OPENVINO_ISA = ("AVX-512 VNNI", "AMX-INT8")
+
+
+def cpu_backend(machine: Machine, precision: str) -> tuple[str, str]:
+    """("openvino" | "onnxruntime", reason): the runtime for a CPU ``.onnx`` artifact of ``precision``."""
+    fast = [i for i in OPENVINO_ISA if i in machine.cpu_isa]
+    if precision != "int8-cpu":
+        return "onnxruntime", f"{precision} artifact: OpenVINO is chosen for int8-cpu only"
+    if not fast:
+        return "onnxruntime", f"this CPU has none of {', '.join(OPENVINO_ISA)}, where OpenVINO measured faster"
+    if machine.openvino is None:
+        return "onnxruntime", f"this CPU has {fast[0]}, where OpenVINO measured faster, but openvino is not installed"
+    return "openvino", f"this CPU has {fast[0]}: OpenVINO {machine.openvino} measured faster than ONNX Runtime there"

@@ -1,9 +1,11 @@
 """ONNX Runtime backend: TensorRT EP, then CUDA EP, then CPU, or the providers you pass.
 
-CPU session options are ONNX Runtime's defaults (all graph optimizations, intra-op threads = physical
-cores, spinning on): on the int8-cpu artifact, 2 threads, spinning off and the "extended" level were
-none faster than them, 1 thread took 1.8x as long and the "basic" level 3x
-(`python -m benchmarks.ort_options`, docs/benchmarks.md). ``threads=`` overrides the thread count.
+CPU session options are ONNX Runtime's defaults (all graph optimizations, spinning on) but for the
+intra-op threads, which ``Engine`` sets to the physical cores the process may use (affinity and cgroup
+quota, vitrt/cpu.py; ONNX Runtime counts the machine's cores, which oversubscribes a container with a
+CPU quota). On the int8-cpu artifact, spinning off and the "extended" level were none faster than the
+defaults, 1 thread took 1.8x as long and the "basic" level 3x (`python -m benchmarks.ort_options`,
+docs/benchmarks.md).
 
 The session's real inputs and outputs are compared with the artifact's metadata when it loads: the
 graph is the truth, and metadata that contradicts it is refused (ArtifactError), so that a wrong

@@ -1,0 +1,175 @@
+"""The CPU peers of vitrt's CPU default in ``make bench``, each with the recipe its own docs give.
+
+- OpenVINO FP32 (``INFERENCE_PRECISION_HINT=f32``) on the fp32 artifact, and OpenVINO bf16 where the
+  CPU has AVX-512 BF16 or AMX (OpenVINO's default there). Static shapes, one compiled model per batch
+  size, ``PERFORMANCE_HINT=LATENCY``, the benchmark's thread count.
+- OpenVINO INT8 from NNCF: ``nncf.quantize(model_type=TRANSFORMER, preset=MIXED)`` on the same
+  calibration images as int8-cpu (the artifact's metadata names them).
+- PyTorch dynamic int8: ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear``.
+- PyTorch 2 export int8 on Inductor: torchao's ``X86InductorQuantizer``, ``prepare_pt2e`` /
+  ``convert_pt2e`` on the same calibration images, then ``torch.compile`` with freezing.
+
+Every peer takes the artifacts' uint8 NHWC input (normalization inside the model), so that model-only
+rows compare the same work; end to end, they decode with vitrt's preprocessing. A peer whose package
+is missing is left out with the reason (:func:`available`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+#: The OpenVINO settings of every OpenVINO row (and of vitrt's OpenVINO backend, where it is used).
+OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
+
+
+def missing(package: str) -> str | None:
+    """Why a peer needing ``package`` cannot run here, or None."""
+    return None if importlib.util.find_spec(package) else f"{package} is not installed (pip install '.[peers]')"
+
+
+class CropPeer:
+    """A peer that runs uint8 crops; end to end it decodes with vitrt.preprocess and takes the top 5."""
+
+    name = "?"
+
+    def predict(self, jpegs: list[bytes]):
+        import vitrt
+
+        logits = self.infer(np.stack([vitrt.preprocess(j) for j in jpegs]))["logits"]
+        return np.argsort(-logits, axis=1)[:, :5]
+
+    def sync(self):
+        pass
+
+
+class OpenVINOPeer(CropPeer):
+    """An OpenVINO model (a path or an ``ov.Model``) compiled for the CPU, one static shape per batch size."""
+
+    def __init__(self, name: str, model, threads: int, precision: str = "f32"):
+        import openvino as ov
+
+        self.name, self.core, self.threads, self.precision = name, ov.Core(), threads, precision
+        self.model = self.core.read_model(str(model)) if isinstance(model, (str, Path)) else model
+        self.compiled: dict[int, object] = {}
+
+    def _compiled(self, batch: int):
+        if batch not in self.compiled:
+            m = self.model.clone()
+            m.reshape({m.inputs[0].any_name: [batch, *m.inputs[0].get_partial_shape()[1:].to_shape()]})
+            self.compiled[batch] = self.core.compile_model(m, "CPU", {
+                **OV_CONFIG, "INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.threads})
+        return self.compiled[batch]
+
+    def infer(self, batch: np.ndarray) -> dict:
+        c = self._compiled(len(batch))
+        out = c(batch)
+        return {o.any_name: out[o] for o in c.outputs}
+
+
+def openvino_peers(fp32_onnx: Path, calib: np.ndarray, threads: int, cpu_isa: list[str]) -> list:
+    """OpenVINO FP32, bf16 (where the CPU has it) and NNCF INT8 (MIXED, TRANSFORMER) on ``calib``."""
+    import nncf
+
+    out = [OpenVINOPeer("OpenVINO FP32", fp32_onnx, threads, "f32")]
+    if {"AVX-512 BF16", "AMX-BF16"} & set(cpu_isa):
+        out.append(OpenVINOPeer("OpenVINO bf16", fp32_onnx, threads, "bf16"))
+    import openvino as ov
+
+    quantized = nncf.quantize(ov.Core().read_model(str(fp32_onnx)), nncf.Dataset(list(calib), lambda x: x[None]),
+                              model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+                              subset_size=len(calib))
+    out.append(OpenVINOPeer("OpenVINO NNCF INT8", quantized, threads, "f32"))
+    return out
+
+
+class TorchCropPeer(CropPeer):
+    """A PyTorch module over uint8 NHWC crops (``export.graph.ImageModel``), already prepared."""
+
+    def __init__(self, name: str, module):
+        self.name, self.module = name, module
+
+    def infer(self, batch: np.ndarray) -> dict:
+        import torch
+
+        with torch.inference_mode():
+            logits, embedding = self.module(torch.from_numpy(np.ascontiguousarray(batch)))[:2]
+        return {"logits": logits.float().numpy(), "embedding": embedding.float().numpy()}
+
+
+def torch_dynamic_int8(model, data_config: dict) -> TorchCropPeer:
+    """``quantize_dynamic`` on every ``nn.Linear``: int8 weights, activations quantized per call."""
+    import copy
+
+    import torch
+
+    from export.graph import ImageModel
+
+    module = ImageModel(copy.deepcopy(model), data_config).eval()
+    q = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    return TorchCropPeer("PyTorch dynamic int8", q)
+
+
+def torch_pt2e_int8(model, data_config: dict, calib: np.ndarray) -> TorchCropPeer:
+    """PyTorch's X86 Inductor int8 recipe: export, ``X86InductorQuantizer`` (static, per-channel
+    weights), calibrate, ``convert_pt2e``, then ``torch.compile`` with freezing."""
+    import copy
+
+    import torch
+    import torch._inductor.config as inductor_config
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from export.graph import ImageModel
+
+    module = ImageModel(copy.deepcopy(model), data_config).eval()
+    example = (torch.from_numpy(calib[:2]),)  # batch 2: an example batch of 1 specializes the dimension
+    exported = torch.export.export(module, example, dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for x in calib:
+            prepared(torch.from_numpy(x[None]))
+    converted = convert_pt2e(prepared)
+    inductor_config.freezing = True  # constant-fold the int8 weights: PyTorch's docs for this recipe
+    return TorchCropPeer("PyTorch PT2E int8 (Inductor)", torch.compile(converted, dynamic=False))
+
+
+def calibration_images(fp32_onnx: Path, data_config: dict) -> tuple[np.ndarray, str]:
+    """The images int8-cpu was calibrated on (its metadata names them; the builtin set where the
+    int8-cpu artifact is absent), and a sentence saying which."""
+    from export.calibration import BUILTIN, load_calibration
+    from vitrt.artifacts import metadata_of, onnx_path
+
+    int8 = onnx_path(fp32_onnx.parent, fp32_onnx.stem, "int8-cpu")
+    source, said = BUILTIN, "the builtin photos (no int8-cpu artifact here to name its set)"
+    if int8.is_file():
+        source = (metadata_of(int8).data.get("calibration") or {}).get("source") or BUILTIN
+        said = f"int8-cpu's calibration set ({source})"
+    images, _ = load_calibration(source, data_config, log=lambda m: None, warn_small=False)
+    return images, said
+
+
+def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: dict,
+              include_compile: bool = True) -> list:
+    """Every CPU peer whose packages are here; ``skipped`` receives the others with the reason."""
+    from vitrt.cpu import read_cpuinfo
+
+    out: list = []
+    calib, said = calibration_images(fp32_onnx, data_config)
+    why = missing("openvino") or missing("nncf")
+    if why:
+        skipped["OpenVINO FP32 / bf16 / NNCF INT8"] = why
+    else:
+        out += openvino_peers(fp32_onnx, calib, threads, read_cpuinfo().isa)
+    out.append(torch_dynamic_int8(model, data_config))
+    why = missing("torchao") or (None if include_compile else "--no-compile")
+    if why:
+        skipped["PyTorch PT2E int8 (Inductor)"] = why
+    else:
+        out.append(torch_pt2e_int8(model, data_config, calib))
+    for runner in out:
+        runner.calibration = said if "INT8" in runner.name.upper() else None
+    return out
