@@ -58,7 +58,7 @@ serve-venv: $(SERVE_VENV)/.installed
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_PY) -m pip install --quiet --upgrade pip
-	$(SERVE_PY) -m pip install --quiet -e '.[cpu,serve]'
+	$(SERVE_PY) -m pip install --quiet -e '.[cpu,openvino,serve]'
 	touch $@
 
 $(VENV)/.tensorrt: $(VENV)/.installed

@@ -134,8 +134,10 @@ def torch_device() -> str:
 def peers(artifacts: list[Path], threads: int, include_compile: bool = True, folder: Path | None = None,
           skipped: dict | None = None) -> list:
     """PyTorch eager, autocast and torch.compile (same weights as the artifacts); on a CPU, the CPU peers
-    (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks for it, and the int8-cpu
-    artifact on the other CPU runtime too. ``skipped`` receives the peers left out, with why."""
+    (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks for it, and on a CPU the
+    int8-cpu and fp32 ONNX on the other CPU runtime too. ``skipped`` receives the rows left out, with why."""
+    from vitrt.fleet import OPENVINO_PRECISIONS
+
     import timm.data
     import torch
 
@@ -160,7 +162,7 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True, fol
         runner = VitrtPeer(p, threads)
         runner.default = p == default
         out.append(runner)
-        if p.suffix == ".onnx" and runner.engine.metadata.precision == "int8-cpu":
+        if p.suffix == ".onnx" and device == "cpu" and runner.engine.metadata.precision in OPENVINO_PRECISIONS:
             other = "onnxruntime" if runner.engine.backend.name.startswith("openvino") else "openvino"
             from benchmarks.cpu_peers import missing
 

@@ -27,7 +27,10 @@ def test_rule_openvino_where_it_measured_faster():
     assert name == "onnxruntime" and "none of AVX-512 VNNI, AMX-INT8" in why
     name, why = cpu_backend(cpu_machine(ICELAKE, openvino=None), "int8-cpu")
     assert name == "onnxruntime" and "openvino is not installed" in why
-    assert cpu_backend(cpu_machine(ICELAKE), "fp32")[0] == "onnxruntime"  # OpenVINO FP32 was not faster
+    assert cpu_backend(cpu_machine(ICELAKE), "fp32")[0] == "openvino"
+    assert cpu_backend(cpu_machine(EPYC_ZEN2), "fp32")[0] == "onnxruntime"
+    name, why = cpu_backend(cpu_machine(ICELAKE), "fp16")  # made for TensorRT; not measured on OpenVINO
+    assert name == "onnxruntime" and "int8-cpu and fp32 only" in why
 
 
 @pytest.fixture(scope="module")

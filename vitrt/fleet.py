@@ -125,7 +125,7 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
                                   f"{precision} ONNX on ONNX Runtime's CUDA provider")
     where = "no NVIDIA GPU" if machine.gpu is None else f"{machine.gpu['name']} without a usable plan or CUDA provider"
     for precision, what in (("int8-cpu", "the INT8 CPU variant (runtime: cpu_backend)"),
-                            ("fp32", "the fp32 ONNX on ONNX Runtime's CPU provider")):
+                            ("fp32", "the fp32 ONNX (runtime: cpu_backend)")):
         path = onnx_path(folder, name, precision)
         if published(path):
             return path, f"{where}: {what}"
@@ -134,17 +134,19 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
                         "`make engine`")
 
 
-#: The CPUs where OpenVINO ran vitrt's int8-cpu artifact faster than ONNX Runtime (docs/benchmarks.md):
-#: 1.5x on AVX-512 VNNI (Ice Lake); on AVX2 alone it was 0.5-0.7x. AMX has not been measured: OpenVINO
-#: is chosen there for its AMX int8 kernels (oneDNN brgemm), an expectation to check with `make bench`.
+#: The CPUs where OpenVINO ran vitrt's CPU artifacts faster than ONNX Runtime (docs/benchmarks.md, "CPU
+#: peers"): on AVX-512 VNNI (Ice Lake) int8-cpu 1.44-1.57x and fp32 1.11-1.27x; on AVX2 alone int8-cpu
+#: 0.49-0.70x and fp32 0.85-1.07x. AMX has not been measured: OpenVINO is chosen there for its AMX int8
+#: kernels (oneDNN brgemm), an expectation to check with `make bench`.
 OPENVINO_ISA = ("AVX-512 VNNI", "AMX-INT8")
+OPENVINO_PRECISIONS = ("int8-cpu", "fp32")
 
 
 def cpu_backend(machine: Machine, precision: str) -> tuple[str, str]:
     """("openvino" | "onnxruntime", reason): the runtime for a CPU ``.onnx`` artifact of ``precision``."""
     fast = [i for i in OPENVINO_ISA if i in machine.cpu_isa]
-    if precision != "int8-cpu":
-        return "onnxruntime", f"{precision} artifact: OpenVINO is chosen for int8-cpu only"
+    if precision not in OPENVINO_PRECISIONS:
+        return "onnxruntime", f"{precision} artifact: OpenVINO is chosen for {' and '.join(OPENVINO_PRECISIONS)} only"
     if not fast:
         return "onnxruntime", f"this CPU has none of {', '.join(OPENVINO_ISA)}, where OpenVINO measured faster"
     if machine.openvino is None:

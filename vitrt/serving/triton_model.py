@@ -49,6 +49,12 @@ class TritonPythonModel:
         kwargs = {"max_pixels": int(params["max_pixels"])} if params.get("max_pixels") else {}
         self.engine = vitrt.Engine(artifact, **kwargs)
         self.errors = (vitrt.VitrtError,)
+        # Warm-up before Triton reports ready: the first batches of 1 and 2 would otherwise pay the
+        # backend's per-shape setup (OpenVINO compiles those two for their static shape: about a
+        # second each for the full ViT; vitrt/backends/openvino.py).
+        meta = self.engine.metadata
+        for n in range(1, min(2, meta.max_batch) + 1):
+            self.engine.infer(np.zeros((n, *meta.item_shape), dtype=meta.input_dtype))
         threads = int(params.get("decode_threads") or 0) or min(32, (os.cpu_count() or 1) + 2)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="vitrt-decode")
         self.outputs = [o["name"] for o in config["output"]]
