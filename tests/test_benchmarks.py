@@ -100,20 +100,15 @@ def test_default_image_set_is_deterministic():
 
 # --- both commands, end to end, on the small ViT --------------------------------------------------------
 @pytest.fixture(scope="module")
-def small_artifacts(tmp_path_factory):
-    from conftest import SMALL_KWARGS
-    from export.build import BuildOptions, build
-
-    out = tmp_path_factory.mktemp("bench_artifacts")
-    build(BuildOptions(weights="random", model_kwargs=SMALL_KWARGS, output_dir=out, precision="fp16,int8-cpu",
-                       calib_dir="builtin", plan="no"), log=lambda m: None)
-    return out
+def small_artifacts(small_build):
+    """The session's small build (every precision, name "m"; tests/conftest.py): no second build."""
+    return small_build[0]["fp32"].parent
 
 
 def test_parity_end_to_end(small_artifacts, tmp_path):
     res = parity.run(small_artifacts, out=tmp_path, synthetic=4, progress=False)
-    assert set(res["candidates"]) == {"b16_384.onnx", "b16_384_fp16.onnx", "b16_384_int8_cpu.onnx"}
-    fp32 = res["candidates"]["b16_384.onnx"]["metrics"]
+    assert set(res["candidates"]) == {"m.onnx", "m_fp16.onnx", "m_int8.onnx", "m_fp8.onnx", "m_int8_cpu.onnx"}
+    fp32 = res["candidates"]["m.onnx"]["metrics"]
     assert fp32["embedding"]["cosine_min"] > 0.99999 and fp32["logits"]["top1_agree"] == 1.0
     data = json.loads((tmp_path / "parity.json").read_text())
     assert data["meta"]["images"] == len(data["meta"]["image_names"]) >= 12
@@ -125,7 +120,7 @@ def test_bench_end_to_end(small_artifacts, tmp_path):
     from benchmarks.cpu_peers import missing
 
     res = bench.run(small_artifacts, quick=True, threads=2, batches=[1, 2], out=tmp_path, progress=False,
-                    only=["b16_384.onnx", "b16_384_int8_cpu.onnx"])
+                    only=["m.onnx", "m_int8_cpu.onnx"])
     names = list(res["results"]["model"])
     cpu = bench.torch_device() == "cpu"
     autocast = "PyTorch FP16 autocast" if not cpu else "PyTorch bf16 autocast"
@@ -138,13 +133,13 @@ def test_bench_end_to_end(small_artifacts, tmp_path):
         peers += [] if missing("torchao") else ["PyTorch PT2E int8 (Inductor)"]
         assert set(res["skipped"]) == ({"OpenVINO FP32 / bf16 / NNCF INT8"} if not ov else set()) | (
             {"PyTorch PT2E int8 (Inductor)"} if missing("torchao") else set()) | (
-            {"b16_384.onnx on OpenVINO", "b16_384_int8_cpu.onnx on OpenVINO"} if missing("openvino") else set())
+            {"m.onnx on OpenVINO", "m_int8_cpu.onnx on OpenVINO"} if missing("openvino") else set())
     assert names[3:3 + len(peers)] == peers
     artifacts = [n.split(" (")[0] for n in names[3 + len(peers):]]
-    assert artifacts[0] == "b16_384.onnx"  # --only, fp32 first
+    assert artifacts[0] == "m.onnx"  # --only, fp32 first
     # on a CPU, fp32 and int8-cpu run on both CPU runtimes (each next to its first row)
-    assert artifacts[1:] == (["b16_384.onnx", "b16_384_int8_cpu.onnx", "b16_384_int8_cpu.onnx"]
-                             if cpu and not missing("openvino") else ["b16_384_int8_cpu.onnx"])
+    assert artifacts[1:] == (["m.onnx", "m_int8_cpu.onnx", "m_int8_cpu.onnx"]
+                             if cpu and not missing("openvino") else ["m_int8_cpu.onnx"])
     for mode in ("model", "e2e"):
         for name, per_batch in res["results"][mode].items():
             assert set(per_batch) == {"1", "2"}
@@ -160,10 +155,10 @@ def test_bench_end_to_end(small_artifacts, tmp_path):
     assert set(acc) == set(names) and acc["PyTorch eager FP32"]["cos_worst"] == pytest.approx(1.0)
     assert all(a["n"] == 16 for a in acc.values())
     for name, a in acc.items():
-        assert a["cos_worst"] > (0.9999 if "FP32" in name or name.startswith("b16_384.onnx") else 0.95), (name, a)
+        assert a["cos_worst"] > (0.9999 if "FP32" in name or name.startswith("m.onnx") else 0.95), (name, a)
     v = res["verdict"]
     if cpu:  # the fleet rule's artifact on this machine, judged against the fastest accurate other row
-        assert v["default"].startswith("b16_384_int8_cpu.onnx (") and set(v["points"]) == {"model b1", "model b2", "e2e b1", "e2e b2"}
+        assert v["default"].startswith("m_int8_cpu.onnx (") and set(v["points"]) == {"model b1", "model b2", "e2e b1", "e2e b2"}
         for pt in v["points"].values():
             assert pt["fastest_peer"] in names and pt["fastest_peer"] != v["default"] and pt["ratio"] > 0
         lim = res["limit"]["1"]

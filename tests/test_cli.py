@@ -49,7 +49,9 @@ def test_verify_applies_the_build_gate_without_torch(small_build, tmp_path, caps
         report = json.loads((tmp_path / "r.json").read_text())
         assert report["passed"] and report["images"] == {"photos": 8, "synthetic": 12}
         build_report = json.loads(paths[precision].with_name(paths[precision].name + ".parity.json").read_text())
-        assert report["thresholds"] == build_report["thresholds"]  # the same gate, the same numbers
+        # the same gate, the same limits (the values may differ: on some CPUs verify runs on OpenVINO)
+        gate = lambda r: {k: (v["limit"], v["bound"]) for k, v in r["thresholds"].items()}  # noqa: E731
+        assert gate(report) == gate(build_report)
     inputs, outputs, info = load_reference(paths["fp32"].with_name("m.reference.npz"))
     outputs["photos"]["embedding"] = outputs["photos"]["embedding"][::-1].copy()  # photos swapped: cosine drops
     save_reference(tmp_path / "bad.npz", inputs, outputs, info)

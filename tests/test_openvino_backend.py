@@ -65,13 +65,6 @@ def test_runs_the_linear_layers_in_int8_and_agrees_with_onnxruntime(int8_cpu, cr
         assert cosine(got[name], want[name]).min() > 0.999, name
 
 
-def test_passes_the_artifacts_own_gate(int8_cpu):
-    """What the build verified on ONNX Runtime holds on OpenVINO: `Engine.verify` reruns the gate."""
-    with vitrt.Engine(int8_cpu, backend="openvino") as engine:
-        report = engine.verify()
-    assert report["passed"] and report["backend"].startswith("openvino")
-
-
 def test_static_shapes_then_dynamic_and_threads(int8_cpu, crops):
     from vitrt.backends.openvino import STATIC_SHAPES
 
@@ -114,8 +107,14 @@ def test_default_follows_the_rule_here(int8_cpu):
         assert engine.backend.name.split("[")[0] == expected and engine.backend_why == why
 
 
-def test_cli_verify_on_openvino(int8_cpu, capsys):
+def test_passes_the_artifacts_own_gate(int8_cpu, capsys, tmp_path):
+    """What the build verified on ONNX Runtime holds on OpenVINO: `vitrt verify --backend openvino`
+    reruns the gate (Engine.verify) on it."""
+    import json
+
     from vitrt.cli import main
 
-    assert main(["verify", str(int8_cpu), "--backend", "openvino"]) == 0
+    assert main(["verify", str(int8_cpu), "--backend", "openvino", "--report", str(tmp_path / "r.json")]) == 0
     assert "PASSED" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] and report["backend"].startswith("openvino")
