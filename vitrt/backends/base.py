@@ -6,7 +6,7 @@ import abc
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import ArtifactError, BackendError
 
 
 class Backend(abc.ABC):
@@ -45,3 +45,14 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_io(got_in: list, got_out: dict, meta, path: str) -> None:
+    """A runtime's view of the graph's I/O (``got_in``: [(name, dtype, shape with "N")], ``got_out``:
+    {name: (dtype, shape after the batch)}) must be the metadata's: the graph is the truth."""
+    want_in = [(meta.input_name, meta.input_dtype, ["N", *meta.item_shape])]
+    want_out = {n: (s["dtype"], list(s["shape"][1:])) for n, s in meta.data["outputs"].items()}
+    if got_in != want_in or got_out != want_out:
+        raise ArtifactError(f"{path}: the graph's I/O is inputs {got_in}, outputs {got_out}; its metadata says "
+                            f"inputs {want_in}, outputs {want_out}. The graph is the truth: expected metadata "
+                            "that matches it; rebuild the artifact with `make engine`")

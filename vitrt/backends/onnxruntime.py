@@ -22,7 +22,7 @@ import numpy as np
 from ..cuda import gpu_count
 from ..errors import ArtifactError, BackendError, InputError
 from ..metadata import Metadata
-from .base import Backend
+from .base import Backend, check_io
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = PREFERENCE[:2]
@@ -101,14 +101,9 @@ def check_graph(session, meta: Metadata, path: str) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
     got_in = [(i.name, _ORT_TYPES.get(i.type, i.type), [d if isinstance(d, int) else "N" for d in i.shape])
               for i in inputs]
-    want_in = [(meta.input_name, meta.input_dtype, ["N", *meta.item_shape])]
     got_out = {o.name: (_ORT_TYPES.get(o.type, o.type), [d if isinstance(d, int) else "N" for d in o.shape][1:])
                for o in outputs}
-    want_out = {n: (s["dtype"], list(s["shape"][1:])) for n, s in meta.data["outputs"].items()}
-    if got_in != want_in or got_out != want_out:
-        raise ArtifactError(f"{path}: the graph's I/O is inputs {got_in}, outputs {got_out}; its metadata says "
-                            f"inputs {want_in}, outputs {want_out}. The graph is the truth: expected metadata "
-                            "that matches it; rebuild the artifact with `make engine`")
+    check_io(got_in, got_out, meta, path)
 
 
 class OnnxRuntimeBackend(Backend):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ArtifactError, BackendError
 from ..metadata import Metadata
-from .base import Backend
+from .base import Backend, check_io
 
 #: The compile settings (see the module doc); INFERENCE_NUM_THREADS is added per Engine.
 CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
@@ -58,14 +58,9 @@ def check_model(model, meta: Metadata, path: str) -> None:
     """The graph's I/O must be the metadata's (the graph is the truth), as for ONNX Runtime."""
     got_in = [(i.any_name, _OV_TYPES.get(i.get_element_type().get_type_name(), str(i.get_element_type())),
                _shape(i.get_partial_shape())) for i in model.inputs]
-    want_in = [(meta.input_name, meta.input_dtype, ["N", *meta.item_shape])]
     got_out = {o.any_name: (_OV_TYPES.get(o.get_element_type().get_type_name(), str(o.get_element_type())),
                             _shape(o.get_partial_shape())[1:]) for o in model.outputs}
-    want_out = {n: (s["dtype"], list(s["shape"][1:])) for n, s in meta.data["outputs"].items()}
-    if got_in != want_in or got_out != want_out:
-        raise ArtifactError(f"{path}: the graph's I/O is inputs {got_in}, outputs {got_out}; its metadata says "
-                            f"inputs {want_in}, outputs {want_out}. The graph is the truth: expected metadata "
-                            "that matches it; rebuild the artifact with `make engine`")
+    check_io(got_in, got_out, meta, path)
 
 
 class OpenVINOBackend(Backend):
