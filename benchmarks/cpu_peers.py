@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-#: The OpenVINO settings of every OpenVINO row (and of vitrt's OpenVINO backend, where it is used).
+#: The OpenVINO settings of every OpenVINO peer row (OpenVINO's latency recipe; vitrt's own backend
+#: keeps its settings in vitrt/backends/openvino.py).
 OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 
 
@@ -137,19 +138,17 @@ def torch_pt2e_int8(model, data_config: dict, calib: np.ndarray) -> TorchCropPee
     return TorchCropPeer("PyTorch PT2E int8 (Inductor)", torch.compile(converted, dynamic=False))
 
 
-def calibration_images(fp32_onnx: Path, data_config: dict) -> tuple[np.ndarray, str]:
+def calibration_images(fp32_onnx: Path, data_config: dict) -> np.ndarray:
     """The images int8-cpu was calibrated on (its metadata names them; the builtin set where the
-    int8-cpu artifact is absent), and a sentence saying which."""
+    int8-cpu artifact is absent)."""
     from export.calibration import BUILTIN, load_calibration
     from vitrt.artifacts import metadata_of, onnx_path
 
     int8 = onnx_path(fp32_onnx.parent, fp32_onnx.stem, "int8-cpu")
-    source, said = BUILTIN, "the builtin photos (no int8-cpu artifact here to name its set)"
+    source = BUILTIN
     if int8.is_file():
         source = (metadata_of(int8).data.get("calibration") or {}).get("source") or BUILTIN
-        said = f"int8-cpu's calibration set ({source})"
-    images, _ = load_calibration(source, data_config, log=lambda m: None, warn_small=False)
-    return images, said
+    return load_calibration(source, data_config, log=lambda m: None, warn_small=False)[0]
 
 
 def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: dict,
@@ -158,7 +157,7 @@ def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: 
     from vitrt.cpu import read_cpuinfo
 
     out: list = []
-    calib, said = calibration_images(fp32_onnx, data_config)
+    calib = calibration_images(fp32_onnx, data_config)
     why = missing("openvino") or missing("nncf")
     if why:
         skipped["OpenVINO FP32 / bf16 / NNCF INT8"] = why
@@ -170,6 +169,4 @@ def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: 
         skipped["PyTorch PT2E int8 (Inductor)"] = why
     else:
         out.append(torch_pt2e_int8(model, data_config, calib))
-    for runner in out:
-        runner.calibration = said if "INT8" in runner.name.upper() else None
     return out
