@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="OPS", help="experiments: op types ModelOpt quantizes in int8/fp8, instead of its "
                                        "choice (default: ModelOpt's)")
     g.add_argument("--quantize-attention", action="store_true",
-                   help="experiments: also quantize the attention MatMuls, which costs accuracy (default: off)")
+                   help="experiments: also quantize the attention MatMuls in int8/fp8 (ModelOpt), which costs "
+                        "accuracy; int8-cpu always quantizes them, in the layout of export/cpu_attention.py "
+                        "(default: off)")
     g.add_argument("--allow-parity-failure", action="store_true",
                    help="publish a variant that fails its parity gate; the report says so (default: off)")
     g = p.add_argument_group("TensorRT plans (full TensorRT on a GPU; TensorRT-RTX anywhere, for RTX GPUs)")

@@ -4,9 +4,11 @@ Runtime's quantizer when it is imported; this process never imports ModelOpt).
     python -m export.ort_quantize SRC.onnx OUT.onnx CALIB.npy INFO.json '{"op_types": null, "fuse": true, ...}'
 
 ONNX Runtime's own static quantization (QDQ) after its pre-processing pass and, with ``fuse``, its
-transformer fusions (GELU -> BiasGelu; LayerNormalization is one op already). The attention MatMuls
-(both inputs are activations) stay FP32 unless ``quantize_attention``: quantizing them dropped the
-small test ViT's photo cosine from 0.9997 to 0.67. INFO.json receives what was done.
+transformer fusions (GELU -> BiasGelu; LayerNormalization is one op already). Every MatMul is
+quantized, the attention ones too, whose Q/DQ export/cpu_attention.py then rewrites into the layout
+OpenVINO runs as one int8 attention kernel (ONNX Runtime's own layout for them, with Q/DQ on Q·Kᵀ's
+output before the softmax, had dropped the small test ViT's photo cosine from 0.9997 to 0.67).
+INFO.json receives what was done.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ CPU_QUANT = {"op_types": ["MatMul", "Gemm"], "per_channel": True, "activation": 
              "calibration": "MinMax"}
 
 
-def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None = None, fuse: bool = True,
-             quantize_attention: bool = False) -> dict:
+def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None = None, fuse: bool = True) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -50,21 +51,21 @@ def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None
                              if n.op_type in ("BiasGelu", "Gelu", "FastGelu", "SkipLayerNormalization")))
         pre = work / "fused.onnx"
         optimized.save_model_to_file(os.fspath(pre))
-    graph = onnx.load(os.fspath(pre), load_external_data=False).graph
-    weights = {i.name for i in graph.initializer}
-    attention = [n.name for n in graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
     q = CPU_QUANT
     quantize_static(os.fspath(pre), os.fspath(out), _ProgressReader(calib, "image", "calibrating int8-cpu (MinMax)"),
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types or q["op_types"],
                     per_channel=q["per_channel"], activation_type=getattr(QuantType, q["activation"]),
                     weight_type=getattr(QuantType, q["weight"]),
                     calibrate_method=getattr(CalibrationMethod, q["calibration"]),
-                    nodes_to_exclude=[] if quantize_attention else attention,
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    from .cpu_attention import rewrite
+
+    model = onnx.load(os.fspath(out))
+    attention = rewrite(model)
+    onnx.save(model, os.fspath(out))
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", **q,
             "op_types": op_types or q["op_types"], "pre_process": "quant_pre_process", "fusions": fused,
-            "attention_matmuls_quantized": bool(quantize_attention),
-            "excluded_nodes": 0 if quantize_attention else len(attention)}
+            "attention": {"layout": "export/cpu_attention.py", **attention}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,8 +102,7 @@ def _quantize(mode: str, src: Path, calib: np.ndarray, workdir: Path, method: st
     return onnx.load(os.fspath(out)), options
 
 
-def _quantize_cpu(src: Path, calib: np.ndarray, workdir: Path, op_types: list[str] | None, fuse: bool,
-                  quantize_attention: bool = False):
+def _quantize_cpu(src: Path, calib: np.ndarray, workdir: Path, op_types: list[str] | None, fuse: bool):
     """int8-cpu, in a fresh interpreter: ModelOpt patches ONNX Runtime's quantizer when it is imported
     (modelopt/onnx/quantization/ort_patching.py), and ORT's own static quantization then fails in the
     same process. See export/ort_quantize.py for what runs there."""
@@ -116,7 +115,7 @@ def _quantize_cpu(src: Path, calib: np.ndarray, workdir: Path, op_types: list[st
     np.save(workdir / "calib.npy", calib)
     out, info = workdir / "int8_cpu.onnx", workdir / "int8_cpu.json"
     cmd = [sys.executable, "-m", "export.ort_quantize", os.fspath(src), os.fspath(out), os.fspath(workdir / "calib.npy"),
-           os.fspath(info), json.dumps({"op_types": op_types, "fuse": fuse, "quantize_attention": quantize_attention})]
+           os.fspath(info), json.dumps({"op_types": op_types, "fuse": fuse})]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0 or not out.is_file():
         raise BuildError(f"ONNX Runtime's quantizer failed (exit {proc.returncode}); see its messages above")
@@ -175,8 +174,7 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
         _publish.on_event("scratch", workdir)
         try:
             if precision in CPU_PRECISIONS:
-                model, options = _quantize_cpu(src, calib, workdir, op_types, fuse=True,
-                                               quantize_attention=quantize_attention)
+                model, options = _quantize_cpu(src, calib, workdir, op_types, fuse=True)
             elif precision == "fp16":
                 model, options = _fp16(src, calib, workdir, list(keep_fp32_ops or []))
             else:

@@ -65,6 +65,28 @@ def test_runs_the_linear_layers_in_int8_and_agrees_with_onnxruntime(int8_cpu, cr
         assert cosine(got[name], want[name]).min() > 0.999, name
 
 
+def test_attention_runs_as_one_int8_kernel_per_block(int8_cpu):
+    """export/cpu_attention.py's layout: OpenVINO fuses each block's Q·Kᵀ, Softmax and softmax·V into
+    one Subgraph (its MHA kernel) running in 8 bits. ONNX Runtime's own attention Q/DQ layout, or FP32
+    attention, gives an FP32 Subgraph or separate MatMul/Softmax nodes here (docs/benchmarks.md)."""
+    import onnx
+
+    graph = onnx.load(int8_cpu, load_external_data=False).graph
+    softmax = {n.name for n in graph.node if n.op_type == "Softmax"}
+    with vitrt.Engine(int8_cpu, backend="openvino") as ov:
+        runtime = ov.backend.compiled[None].get_runtime_model()
+        fused = {}
+        for op in runtime.get_ops():
+            rt = op.get_rt_info()
+            names = set(rt["originalLayersNames"].astype(str).split(","))
+            for name in softmax & names:
+                fused[name] = (rt["layerType"].astype(str), rt["runtimePrecision"].astype(str), len(names))
+    assert set(fused) == softmax and len(softmax) == 2  # the small ViT's depth
+    for name, (kind, precision, members) in fused.items():
+        assert kind == "Subgraph" and precision in ("i8", "u8"), (name, kind, precision)
+        assert members >= 3, (name, members)  # the two MatMuls with the Softmax
+
+
 def test_static_shapes_then_dynamic_and_threads(int8_cpu, crops):
     from vitrt.backends.openvino import STATIC_SHAPES
 

@@ -125,31 +125,54 @@ def test_per_channel_weight_scales(variants):
 
 def test_int8_cpu_graph(variants, photos):
     """ONNX Runtime's QDQ: per-channel symmetric int8 weights and uint8 activations on the 4 Linear
-    MatMuls per block and the head Gemm; attention MatMuls, LayerNorm, Softmax stay FP32; the contract
-    (uint8 image in, float32 out) holds; the metadata names the tool and the calibration."""
+    MatMuls per block and the head Gemm; the 2 attention MatMuls per block in int8 too, in the layout
+    of export/cpu_attention.py; LayerNorm and Softmax stay FP32; the contract (uint8 image in, float32
+    out) holds; the metadata names the tool and the calibration."""
+    from export.cpu_attention import attention_matmuls
+
     path = variants[0]["int8-cpu"]
     model = onnx.load(path)
     producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
 
     def dq(name):
         n = producers.get(name)
         return n if n is not None and n.op_type == "DequantizeLinear" else None
 
-    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
-    quantized = [n for n in matmuls if dq(n.input[0]) and dq(n.input[1])]
-    assert len(quantized) == 4 * SMALL_KWARGS["depth"] + 1 and len(matmuls) == len(quantized) + 2 * SMALL_KWARGS["depth"]
-    for n in quantized:
+    depth = SMALL_KWARGS["depth"]
+    attention = attention_matmuls(model.graph)
+    assert len(attention) == 2 * depth
+    linear = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n not in attention]
+    assert len(linear) == 4 * depth + 1
+    for n in linear:
         act, weight = dq(n.input[0]), dq(n.input[1])
+        assert act is not None and weight is not None, n.name
         assert inits[act.input[2]].dtype == np.uint8  # asymmetric uint8 activations
         assert inits[weight.input[2]].dtype == np.int8 and not inits[weight.input[2]].any()  # symmetric weights
         assert inits[weight.input[1]].ndim == 1 and inits[weight.input[1]].size > 1  # per channel
+    for n in attention:
+        # no Q/DQ on the output: Q·Kᵀ goes to the Softmax in FP32, softmax·V to the head merge
+        assert all(c.op_type != "QuantizeLinear" for c in consumers[n.output[0]]), n.name
+        a, b = producers[n.input[0]], producers[n.input[1]]
+        if b.op_type == "Transpose":  # Q·Kᵀ: Q's and K's Q/DQ symmetric int8; K's before its Transpose
+            b = dq(b.input[0])
+            for d in (a, b):
+                assert d.op_type == "DequantizeLinear" and inits[d.input[2]].dtype == np.int8
+                assert not inits[d.input[2]].any()
+        else:  # softmax·V: probabilities uint8 from 0, V symmetric int8
+            assert producers[producers[a.input[0]].input[0]].op_type == "Softmax"
+            assert inits[a.input[2]].dtype == np.uint8 and not inits[a.input[2]].any()
+            assert inits[b.input[2]].dtype == np.int8 and not inits[b.input[2]].any()
     types = _types(model)
     assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == types["embedding"] == onnx.TensorProto.FLOAT
     meta = Metadata.from_onnx(path).data
     assert meta["precision"] == "int8-cpu" and meta["calibration"]["method"] == "minmax"
     assert meta["precision_pass"]["tool"] == "onnxruntime.quantization.quantize_static"
-    assert meta["precision_pass"]["excluded_nodes"] == 2 * SMALL_KWARGS["depth"]
+    assert meta["precision_pass"]["attention"]["matmuls"] == 2 * depth
     with vitrt.Engine(path) as e:
         assert e.embed(photos[0]).shape == (SMALL_KWARGS["embed_dim"],)
 
