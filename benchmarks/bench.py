@@ -312,8 +312,7 @@ def to_markdown(report: dict) -> str:
             per = ", ".join(f"{k} {x['macs']}/cycle ({x['instruction']})" for k, x in lim["per_cycle"].items())
             lines.append(f"- Limit at batch {b}: {lim['cores']} cores x {lim['clock_mhz']:.0f} MHz ({lim['clock_source']}); "
                          f"{per}; {sum(lim['gmac_per_image'].values()):.1f} GMAC/image -> {lim['img_s_limit_int8']:.1f} img/s "
-                         f"all-int8 ({lim.get('img_s_limit_as_built', 0):.1f} with attention in FP32): vitrt's default "
-                         f"reaches {100 * lim['share_int8']:.0f} % ({100 * lim.get('share_as_built', 0):.0f} %)")
+                         f"all-int8: vitrt's default reaches {100 * lim['share_int8']:.0f} %")
     return "\n".join(lines).rstrip()
 
 

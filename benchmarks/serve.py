@@ -78,8 +78,18 @@ def ceiling(artifact: Path, files: list[Path], batches: list[int], seconds: floa
 def _stats(url: str, model: str) -> dict:
     with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as r:
         s = json.loads(r.read())["model_stats"][0]
+    inf = s.get("inference_stats", {})
     return {"executions": int(s["execution_count"]), "inferences": int(s["inference_count"]),
-            "batches": {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])}}
+            "batches": {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in s.get("batch_stats", [])},
+            # cumulative ns over successful requests: Triton's own split of each request's time
+            "ns": {k: int(inf.get(k, {}).get("ns", 0)) for k in SERVER_PARTS},
+            "successes": int(inf.get("success", {}).get("count", 0))}
+
+
+#: Triton's per-request statistics (its statistics extension): the whole request inside the server, its
+#: wait in the dynamic batcher's queue, and the Python model's execute() (decode, preprocess, inference
+#: and responses: all of it happens in compute_infer for a Python-backend model).
+SERVER_PARTS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 def step(url: str, model: str, blobs: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
@@ -127,11 +137,15 @@ def step(url: str, model: str, blobs: list[bytes], clients: int, seconds: float,
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     batches = {b: n - before["batches"].get(b, 0) for b, n in after["batches"].items() if n - before["batches"].get(b, 0)}
     execs = after["executions"] - before["executions"]
+    done = after["successes"] - before["successes"]
+    server_ms = {k: (after["ns"][k] - before["ns"][k]) / 1e6 / done for k in SERVER_PARTS} if done else {}
     return {"clients": clients, "sent": sent, "accepted": len(lat), "errors": errors, "seconds": wall,
             "img_s": len(lat) / wall, **(percentiles(lat) if lat else {}),
             "p95": float(np.percentile(np.array(lat) * 1000, 95)) if lat else None,
             "mean_batch": (after["inferences"] - before["inferences"]) / execs if execs else None,
-            "batch_sizes": batches, "client_cpu_ms_per_request": 1000 * client_cpu / max(sent, 1)}
+            "batch_sizes": batches, "client_cpu_ms_per_request": 1000 * client_cpu / max(sent, 1),
+            # mean ms per successful request; the client's mean minus "success" is HTTP and the client
+            "server_ms": server_ms, "mean": float(np.mean(lat) * 1000) if lat else None}
 
 
 def run(artifact: Path, out: Path, step_s: float = 15.0, max_requests: int = 2000, queue: int = 64,
@@ -210,7 +224,13 @@ def to_markdown(data: dict) -> str:
         markdown_table(["batch", "img/s", "p50 ms"], ceil, "rrr"), "",
         f"saturation / ceiling: {g['saturation_vs_ceiling']:.2f}; concurrency-1 p50 minus in-process batch-1 p50: "
         f"{g['c1_p50_minus_inprocess_b1_p50_ms']:.1f} ms; 32-client p99 / saturation p50: "
-        f"{g['c32_p99_over_saturation_p50']:.2f}"])
+        f"{g['c32_p99_over_saturation_p50']:.2f}",
+        "", "Where a request's time goes (means, ms; Triton's statistics; the model's execute() is compute infer):", "",
+        markdown_table(["clients", "client mean", "in server", "queue", "compute input", "compute infer",
+                        "compute output", "outside the server"],
+                       [[r["clients"], f"{r['mean']:.1f}", *(f"{r['server_ms'][k]:.1f}" for k in SERVER_PARTS),
+                         f"{r['mean'] - r['server_ms']['success']:.1f}"] for r in data["steps"] if r.get("server_ms")],
+                       "r" * 8)])
 
 
 def figure(data: dict):

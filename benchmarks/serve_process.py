@@ -39,6 +39,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _terminate_with_parent() -> None:  # runs in the child before exec
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ServeProcess:
     """``with ServeProcess(artifact) as srv:`` ... ``srv.url``; extra ``vitrt serve`` flags in ``args``."""
 
@@ -57,8 +64,10 @@ class ServeProcess:
 
     def start(self) -> "ServeProcess":
         self._log = open(self.log_path, "w")
+        # SIGTERM (a drain) when the process that started it dies, even by kill -9: no server outlives its
+        # test or benchmark (vitrt serve's own tritonserver child dies with it the same way)
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_terminate_with_parent)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

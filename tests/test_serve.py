@@ -83,6 +83,11 @@ def test_outputs_equal_engine_on_the_same_bytes(server, engine, photos):
             _close(got[k], want[k])
         assert [p.index for p in client.predict(blobs[0])] == [p.index for p in engine.predict(blobs[0])]
         assert client.embed(photos[:6]).shape == (6, engine.metadata.data["model"]["num_features"])  # split: max 4
+        # one Client shared by threads, as in a service: each thread gets its own connection
+        with ThreadPoolExecutor(4) as pool:
+            many = list(pool.map(lambda b: client.infer(b)["logits"], blobs * 3))
+        for i, logits in enumerate(many):
+            _close(logits, want["logits"][i % 4][None])
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -92,11 +97,17 @@ def test_a_bad_request_fails_alone_in_its_batch(server, engine, protocol):
     if protocol == "http":
         import tritonclient.http as tc
 
-        client = tc.InferenceServerClient(server.url, concurrency=8)
+        # one client per request: tritonclient.http's client runs on gevent and is not thread-safe (shared
+        # between threads it fails with greenlet's "Cannot switch to a different thread"); gRPC's is
+        def connect():
+            return tc.InferenceServerClient(server.url)
     else:
         import tritonclient.grpc as tc
 
-        client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+        shared = tc.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+
+        def connect():
+            return shared
     good = [_jpeg(i) for i in range(3)]
     jpeg = _jpeg(9, (200, 150))
     bad = {"corrupt": b"\xff\xd8\xff\xe0" + os.urandom(200), "truncated": jpeg[: len(jpeg) // 3],
@@ -107,10 +118,14 @@ def test_a_bad_request_fails_alone_in_its_batch(server, engine, protocol):
         kind, blob = item
         inp = tc.InferInput("image", [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
+        client = connect()
         try:
             return kind, blob, client.infer("m", [inp]).as_numpy("logits"), None
         except Exception as exc:  # tritonclient's InferenceServerException
             return kind, blob, None, exc
+        finally:
+            if protocol == "http":
+                client.close()
 
     stats0 = _stats(server)
     with ThreadPoolExecutor(len(payloads)) as pool:

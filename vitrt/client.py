@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ class Client:
             raise BackendError("tritonclient is not installed; expected `pip install 'tritonclient[http]'`") from None
         self._http = http
         url = url.split("://", 1)[-1].rstrip("/")
-        self.url, self.model = url, model
-        self.client = http.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+        self.url, self.model, self._timeout = url, model, timeout
+        # tritonclient.http's client runs on gevent and is not thread-safe (shared between threads it
+        # fails with greenlet's "Cannot switch to a different thread"): one per thread that calls us
+        self._local, self._lock, self._clients = threading.local(), threading.Lock(), []
         try:
             config = self.client.get_model_config(model)
         except Exception as exc:
@@ -60,8 +63,23 @@ class Client:
         width = next(int(o["dims"][0]) for o in config["output"] if o["name"] == "logits")
         self.labels = labels_for("imagenet-1k", width)
 
+    @property
+    def client(self):
+        """This thread's tritonclient.http client."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._http.InferenceServerClient(self.url, connection_timeout=self._timeout,
+                                                      network_timeout=self._timeout)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> "Client":
         return self
