@@ -64,6 +64,55 @@ print(json.dumps(out))
 """
 
 
+PAIRED = """
+import sys, time, vitrt
+blobs = [open(p, "rb").read() for p in sys.argv[2:]]
+with vitrt.Engine(sys.argv[1]) as e:
+    e.predict(blobs[0])
+    print("ready", flush=True)
+    for line in sys.stdin:  # one call per line: the image's index
+        i = int(line)
+        t0 = time.perf_counter(); e.predict(blobs[i % len(blobs)])
+        print(1000 * (time.perf_counter() - t0), flush=True)
+"""
+
+
+def paired_c1(url: str, model: str, artifact: Path, files: list[Path], n: int) -> dict:
+    """Concurrency 1 against the in-process call, alternated: one request to the server, then the same
+    JPEG through Engine.predict in a process of the serving venv, ``n`` times. On a machine whose speed
+    drifts by 10-30 % over minutes, a server step and a ceiling timed minutes apart differ by more than
+    the server's overhead; alternating puts both under the same drift."""
+    import tritonclient.http as tc
+
+    blobs = [f.read_bytes() for f in files]
+    proc = subprocess.Popen([str(serve_python()), "-c", PAIRED, str(artifact), *map(str, files)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    client = tc.InferenceServerClient(url, network_timeout=120)
+    server, local = [], []
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the in-process engine did not start (exit {proc.poll()})")
+        for i in range(n):
+            inp = tc.InferInput("image", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[blobs[i % len(blobs)]]], dtype=np.object_))
+            t0 = time.perf_counter()
+            client.infer(model, [inp], outputs=[tc.InferRequestedOutput("logits")])
+            server.append(1000 * (time.perf_counter() - t0))
+            proc.stdin.write(f"{i}\n")
+            proc.stdin.flush()
+            local.append(float(proc.stdout.readline()))
+    finally:
+        client.close()
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    a, b = np.array(server), np.array(local)
+    return {"n": n, "server_p50": float(np.median(a)), "inprocess_p50": float(np.median(b)),
+            "p50_difference_ms": float(np.median(a) - np.median(b)), "median_paired_difference_ms": float(np.median(a - b))}
+
+
 def ceiling(artifact: Path, files: list[Path], batches: list[int], seconds: float) -> dict:
     """In-process Engine.predict on the JPEG files in the serving venv (the same onnxruntime as the server)."""
     code = CEILING.replace("{artifact!r}", repr(str(artifact)))
@@ -164,25 +213,31 @@ def run(artifact: Path, out: Path, step_s: float = 15.0, max_requests: int = 200
         batch_sizes = sorted({b for b in (1, 2, 4, 8, 16, 32) if b <= max_batch})
         log(f"ceiling: in-process Engine.predict at batches {batch_sizes}")
         ceil = ceiling(artifact, files, batch_sizes, seconds=max(3.0, step_s / 3))
-    args = ["--max-queue-size", str(queue)] + (["--queue-delay-us", str(delay_us)] if delay_us is not None else [])
-    steps = []
-    with ServeProcess(artifact, *args, "--model-name", "m") as srv:
-        step(srv.url, "m", blobs, 1, min(3.0, step_s), 5)  # warm-up
-        for c in concurrency:
-            r = step(srv.url, "m", blobs, c, step_s, max_requests)
-            log(f"{c:3d} clients: {r['img_s']:.2f} img/s, p50 {r.get('p50', float('nan')):.0f} ms, "
-                f"p99 {r.get('p99', float('nan')):.0f} ms, mean batch {r['mean_batch'] or 0:.1f}, errors {r['errors']}")
-            steps.append(r)
+        args = ["--max-queue-size", str(queue)] + (["--queue-delay-us", str(delay_us)] if delay_us is not None else [])
+        steps = []
+        with ServeProcess(artifact, *args, "--model-name", "m") as srv:
+            step(srv.url, "m", blobs, 1, min(3.0, step_s), 5)  # warm-up
+            for c in concurrency:
+                r = step(srv.url, "m", blobs, c, step_s, max_requests)
+                log(f"{c:3d} clients: {r['img_s']:.2f} img/s, p50 {r.get('p50', float('nan')):.0f} ms, "
+                    f"p99 {r.get('p99', float('nan')):.0f} ms, mean batch {r['mean_batch'] or 0:.1f}, errors {r['errors']}")
+                steps.append(r)
+            pairs = max(5, min(40, int(2 * step_s)))
+            log(f"concurrency 1 alternated with the in-process call, {pairs} pairs")
+            paired = paired_c1(srv.url, "m", artifact, files, pairs)
     best = max(ceil.values(), key=lambda r: r["img_s"])
     sat = max(steps, key=lambda r: r["img_s"])
     goals = {"saturation_vs_ceiling": sat["img_s"] / best["img_s"],
-             "c1_p50_minus_inprocess_b1_p50_ms": steps[0]["p50"] - ceil[1]["p50"] if steps[0]["accepted"] else None,
+             # from the alternated pairs (paired_c1), not from the sweep's first step and the ceiling's batch 1,
+             # which ran minutes apart; that difference is kept below as the sweep's
+             "c1_p50_minus_inprocess_b1_p50_ms": paired["p50_difference_ms"],
+             "sweep_c1_p50_minus_ceiling_b1_p50_ms": steps[0]["p50"] - ceil[1]["p50"] if steps[0]["accepted"] else None,
              # p99 over p50 at the last (32-client) step, where the server is saturated. Not over the p50 of
              # the fastest step: with closed-loop clients latency grows with their count (Little's law: 32
              # clients wait about 32 / throughput), so a 4-client peak would make any 32-client p99 "8x".
              "c32_p99_over_saturation_p50": (steps[-1]["p99"] / steps[-1]["p50"]) if steps[-1]["accepted"] else None}
     data = {"artifact": str(artifact), "machine": machine_info(), "step_s": step_s, "queue": queue,
-            "ceiling": {str(k): v for k, v in ceil.items()}, "steps": steps, "goals": goals}
+            "ceiling": {str(k): v for k, v in ceil.items()}, "steps": steps, "paired_c1": paired, "goals": goals}
     write_reports("serve", data, to_markdown(data), figure(data), folder=out)
     return data
 
@@ -207,6 +262,10 @@ def delay_sweep(artifact: Path, out: Path, delays: list[int], concurrency: list[
     return data
 
 
+def _ms(x) -> str:
+    return "n/a" if x is None else f"{x:.1f} ms"
+
+
 def to_markdown(data: dict) -> str:
     rows = [[r["clients"], r["sent"], r["accepted"], ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0",
              f"{r['img_s']:.2f}", f"{r.get('p50', float('nan')):.0f}", f"{r.get('p95') or float('nan'):.0f}",
@@ -222,8 +281,10 @@ def to_markdown(data: dict) -> str:
                             "batches formed", "client CPU ms/req"], rows, "r" * 11),
         "", "In-process ceiling (Engine.predict on the same JPEG bytes, serving venv):", "",
         markdown_table(["batch", "img/s", "p50 ms"], ceil, "rrr"), "",
-        f"saturation / ceiling: {g['saturation_vs_ceiling']:.2f}; concurrency-1 p50 minus in-process batch-1 p50: "
-        f"{g['c1_p50_minus_inprocess_b1_p50_ms']:.1f} ms; 32-client p99 / saturation p50: "
+        f"saturation / ceiling: {g['saturation_vs_ceiling']:.2f}; concurrency-1 p50 minus in-process batch-1 p50, "
+        f"alternated ({data['paired_c1']['n']} pairs): {g['c1_p50_minus_inprocess_b1_p50_ms']:.1f} ms "
+        f"({data['paired_c1']['server_p50']:.0f} against {data['paired_c1']['inprocess_p50']:.0f}; from the sweep, "
+        f"minutes apart: {_ms(g['sweep_c1_p50_minus_ceiling_b1_p50_ms'])}); 32-client p99 / saturation p50: "
         f"{g['c32_p99_over_saturation_p50']:.2f}",
         "", "Where a request's time goes (means, ms; Triton's statistics; the model's execute() is compute infer):", "",
         markdown_table(["clients", "client mean", "in server", "queue", "compute input", "compute infer",

@@ -226,5 +226,11 @@ def test_serve_benchmark_end_to_end(small_onnx, tmp_path):
     r = serve.run(small_onnx, tmp_path, step_s=1.0, max_requests=20, concurrency=(1, 2), log=lambda m: None)
     assert [s["clients"] for s in r["steps"]] == [1, 2] and all(s["accepted"] > 0 for s in r["steps"])
     assert all(s["sent"] <= 20 for s in r["steps"]) and r["goals"]["saturation_vs_ceiling"] > 0
+    paired = r["paired_c1"]  # concurrency 1 alternated with the in-process call
+    assert paired["n"] == 5 and paired["server_p50"] > 0 and paired["inprocess_p50"] > 0
+    assert r["goals"]["c1_p50_minus_inprocess_b1_p50_ms"] == paired["p50_difference_ms"]
+    # Triton's own split of a request's time adds up: queue and compute inside "in server"
+    split = r["steps"][0]["server_ms"]
+    assert 0 < split["queue"] + split["compute_infer"] <= split["success"] * 1.01
     assert (tmp_path / "serve.md").read_text().startswith("Serving small.onnx")
     assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
