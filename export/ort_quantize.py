@@ -62,10 +62,47 @@ def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None
 
     model = onnx.load(os.fspath(out))
     attention = rewrite(model)
+    outputs = float_outputs(model)
     onnx.save(model, os.fspath(out))
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", **q,
             "op_types": op_types or q["op_types"], "pre_process": "quant_pre_process", "fusions": fused,
-            "attention": {"layout": "export/cpu_attention.py", **attention}}
+            "attention": {"layout": "export/cpu_attention.py", **attention}, "float_outputs": outputs}
+
+
+def float_outputs(model) -> list[str]:
+    """The graph's outputs as the float values their ops computed, not through a Q/DQ pair.
+
+    ONNX Runtime's quantizer quantizes a tensor that feeds a quantized op, graph outputs included: the
+    embedding (it feeds the head's Gemm) and the logits came out rounded to 256 levels. Here each output
+    made by DequantizeLinear(QuantizeLinear(x)) takes x's name; the pair stays for its other consumers
+    (the head keeps its int8 input) and goes where it fed nothing else. Returns the outputs changed."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    changed = []
+    for out in graph.output:
+        dq = producer.get(out.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = producer.get(q.input[0])
+        if source is None:  # a graph input passed through: leave it
+            continue
+        inner, slot = q.input[0], list(source.output).index(q.input[0])
+        dq.output[0] = out.name + "_dequantized"
+        for user in consumers.get(out.name, []):
+            user.input[:] = [dq.output[0] if i == out.name else i for i in user.input]
+        for user in consumers.get(inner, []):
+            user.input[:] = [out.name if i == inner else i for i in user.input]
+        source.output[slot] = out.name
+        if not consumers.get(out.name) and len(consumers.get(q.output[0], [])) == 1:
+            graph.node.remove(dq)
+            graph.node.remove(q)
+        changed.append(out.name)
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,10 +167,18 @@ def test_int8_cpu_graph(variants, photos):
             assert producers[producers[a.input[0]].input[0]].op_type == "Softmax"
             assert inits[a.input[2]].dtype == np.uint8 and not inits[a.input[2]].any()
             assert inits[b.input[2]].dtype == np.int8 and not inits[b.input[2]].any()
+    # the outputs are the float values the head and the final LayerNorm computed: ONNX Runtime's
+    # quantizer had put them through uint8 Q/DQ (256 levels: tied logits, rounded embeddings)
+    assert producers["logits"].op_type == "Gemm" and producers["embedding"].op_type == "Gather"
+    assert any(dq(i) for i in producers["logits"].input)  # the head still reads the int8 embedding
+    with vitrt.Engine(path) as e:
+        out = e.infer(np.stack([vitrt.preprocess(p) for p in photos[:2]]))
+    assert len(np.unique(out["logits"][0])) > 900  # through uint8 Q/DQ: at most 256 distinct values
     types = _types(model)
     assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == types["embedding"] == onnx.TensorProto.FLOAT
     meta = Metadata.from_onnx(path).data
     assert meta["precision"] == "int8-cpu" and meta["calibration"]["method"] == "minmax"
+    assert meta["precision_pass"]["float_outputs"] == ["logits", "embedding"]
     assert meta["precision_pass"]["tool"] == "onnxruntime.quantization.quantize_static"
     assert meta["precision_pass"]["attention"]["matmuls"] == 2 * depth
     with vitrt.Engine(path) as e:
