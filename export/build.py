@@ -239,11 +239,16 @@ def _say_what_serves_here(built: dict[str, Path], log: Callable[[str], None]) ->
 
     if gpu_count():
         return
+    from vitrt.fleet import Machine, cpu_backend
+
+    machine = Machine.here()
     if "int8-cpu" in built:
-        log(f"On this machine (no NVIDIA GPU) serve {built['int8-cpu']}: the INT8 variant made for ONNX Runtime's "
-            "CPU provider, the fastest here (`make bench` measures it beside the others).")
+        runtime, why = cpu_backend(machine, "int8-cpu")
+        log(f"On this machine (no NVIDIA GPU) serve {built['int8-cpu']}: the INT8 CPU variant, the fastest here "
+            f"(`make bench` measures it beside the others), on {runtime} ({why}).")
     else:
-        log(f"On this machine (no NVIDIA GPU) serve {built['fp32']} on ONNX Runtime's CPU provider; "
+        runtime, why = cpu_backend(machine, "fp32")
+        log(f"On this machine (no NVIDIA GPU) serve {built['fp32']} on {runtime} ({why}); "
             "`make engine PRECISION=int8-cpu CALIB_DIR=...` makes the faster INT8 CPU variant.")
 
 

@@ -85,6 +85,6 @@ def test_engine_on_a_folder_runs_the_chosen_file(small_onnx, tmp_path, caplog, p
     (tmp_path / "m.reference.npz").write_bytes(b"")
     with caplog.at_level(logging.INFO, logger="vitrt"):
         with vitrt.Engine(tmp_path) as engine:
-            assert engine.path == tmp_path / "m.onnx" and "the fp32 ONNX (runtime: cpu_backend)" in engine.choice
+            assert engine.path == tmp_path / "m.onnx" and "the fp32 ONNX (its CPU runtime: vitrt.fleet.cpu_backend)" in engine.choice
             assert len(engine.predict(photos[0])) == 5
     assert "m.onnx chosen" in caplog.text

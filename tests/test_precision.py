@@ -46,6 +46,9 @@ def test_builds_all_and_logs(variants):
         assert says == [], says
     else:
         assert len(says) == 1 and "m_int8_cpu.onnx" in says[0], logs
+        from vitrt.fleet import Machine, cpu_backend
+
+        assert f"on {cpu_backend(Machine.here(), 'int8-cpu')[0]} (" in says[0]  # the runtime Engine will use
     assert all(p.is_file() and p.with_name(p.name + ".parity.json").is_file() for p in paths.values())
     assert any("TensorRT recommends at least 500" in m for m in logs)  # builtin set has 32 images
 

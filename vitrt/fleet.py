@@ -124,8 +124,8 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
                     return path, (f"{machine.gpu['name']}: no plan here runs on it ({', '.join(tried) or 'none built'}); "
                                   f"{precision} ONNX on ONNX Runtime's CUDA provider")
     where = "no NVIDIA GPU" if machine.gpu is None else f"{machine.gpu['name']} without a usable plan or CUDA provider"
-    for precision, what in (("int8-cpu", "the INT8 CPU variant (runtime: cpu_backend)"),
-                            ("fp32", "the fp32 ONNX (runtime: cpu_backend)")):
+    for precision, what in (("int8-cpu", "the INT8 CPU variant (its CPU runtime: vitrt.fleet.cpu_backend)"),
+                            ("fp32", "the fp32 ONNX (its CPU runtime: vitrt.fleet.cpu_backend)")):
         path = onnx_path(folder, name, precision)
         if published(path):
             return path, f"{where}: {what}"
