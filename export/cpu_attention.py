@@ -120,8 +120,7 @@ def rewrite(model) -> dict:
                     tr.output[0] = node.output[0] + "_transposed"
                     mm.input[slot] = tr.output[0]
                     moved += 1
-            producer, consumers = _index(graph)
-            pair = None
+                    producer, consumers = _index(graph)
             node = producer.get(mm.input[slot])
             if node is not None and node.op_type == "Transpose":
                 pair = _qdq_pair(producer, node.input[0])
