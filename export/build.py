@@ -19,7 +19,7 @@ from vitrt.errors import BuildError, VitrtError
 from vitrt.metadata import Metadata, sha256_file
 
 from . import defaults as D
-from .precision import CPU_PRECISIONS, FP16_RANGE_IMAGES
+from .precision import CPU_PRECISIONS, FP16_RANGE_IMAGES, VARIANT_REVISION
 from .publish import publish, up_to_date
 
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "fp8", "int8-cpu", "all")
@@ -264,7 +264,7 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     path = opts.variant_path(precision)
     quantized = precision != "fp16"
     used = calib if quantized else calib[:opts.fp16_range_images]
-    wanted = {"format": FORMAT, "precision": precision, "source_sha256": fp32_sha,
+    wanted = {"format": FORMAT, "precision": precision, "revision": VARIANT_REVISION[precision], "source_sha256": fp32_sha,
               "calibration_sha256": hashlib.sha256(used.tobytes()).hexdigest(),
               "method": opts.calib_method if precision in ("int8", "fp8") else "minmax" if quantized else None,
               "keep_fp32_ops": None if quantized else sorted(opts.fp16_keep_fp32),

@@ -210,7 +210,7 @@ def test_variants_share_api_and_agree(variants, precision, photos):
         assert report["passed"] and report["random_weights"] and "top1_agree" not in str(report["thresholds"])
 
 
-def test_reuse_and_rebuild(variants, tmp_path):
+def test_reuse_and_rebuild(variants, tmp_path, monkeypatch):
     import shutil
 
     out = tmp_path / "copy"
@@ -232,6 +232,13 @@ def test_reuse_and_rebuild(variants, tmp_path):
         assert paths["plan_int8"].stat().st_mtime_ns != mtimes["plan_int8"]
     else:
         assert "plan_int8" not in paths
+    # a variant made by an older pass (a vitrt upgrade that changes the int8-cpu graph) is remade
+    from export import precision as precision_module
+
+    monkeypatch.setitem(precision_module.VARIANT_REVISION, "int8-cpu", precision_module.VARIANT_REVISION["int8-cpu"] + 1)
+    build(_opts(out, precision="int8-cpu", calib_dir="builtin", plan="no"), log=logs.append)
+    assert paths["int8-cpu"].stat().st_mtime_ns != mtimes["int8-cpu"]
+    assert paths["fp16"].stat().st_mtime_ns == mtimes["fp16"]
     # an artifact whose parity report is gone counts as not built (a kill between the two renames)
     (out / "m_fp16.onnx.parity.json").unlink()
     logs.clear()
