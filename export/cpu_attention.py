@@ -146,10 +146,6 @@ def rewrite(model) -> dict:
             graph.initializer.append(numpy_helper.from_array(new_zero, z_name))
             inits[s_name], inits[z_name] = graph.initializer[-2], graph.initializer[-1]
             q.input[1], q.input[2], dq.input[1], dq.input[2] = s_name, z_name, s_name, z_name
-    _toposort(graph)
-    used = {i for n in graph.node for i in n.input}
-    stale = [i for i in graph.initializer if i.name not in used]
-    for i in stale:
-        graph.initializer.remove(i)
+    _toposort(graph)  # the replaced scales and zero points: export/ort_quantize.py drops what no node reads
     return {"matmuls": len(matmuls), "output_qdq_dropped": dropped, "k_qdq_moved_before_transpose": moved,
             "symmetric_int8_inputs": symmetric}

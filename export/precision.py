@@ -32,8 +32,9 @@ CPU_PRECISIONS = ("int8-cpu",)
 CALIBRATION_METHODS = ("max", "entropy")
 #: Bumped when the pass that makes a variant changes its graph for the same inputs, so that a variant
 #: made by an older vitrt is rebuilt rather than reused (as GRAPH_REVISION does for the fp32 graph):
-#: int8-cpu 2 = int8 attention in OpenVINO's layout and float outputs (export/cpu_attention.py).
-VARIANT_REVISION = {"fp16": 1, "int8": 1, "fp8": 1, "int8-cpu": 2}
+#: int8-cpu 2 = int8 attention in OpenVINO's layout and float outputs, 3 = GELU reads the float
+#: MatMul output (export/ort_quantize.py).
+VARIANT_REVISION = {"fp16": 1, "int8": 1, "fp8": 1, "int8-cpu": 3}
 #: Images AutoCast runs to find FP16 range overflows. It keeps every intermediate tensor of every
 #: image: measured peak 5.6 GB with 1 image, 9.8 GB with 2, 14.0 GB with 4 for ViT-B/16-384. One image
 #: is the default: the flag threshold (512) is 128x below FP16's limit (65504), so an activation that

@@ -172,6 +172,16 @@ def test_int8_cpu_graph(variants, photos):
             assert inits[b.input[2]].dtype == np.int8 and not inits[b.input[2]].any()
     # the outputs are the float values the head and the final LayerNorm computed: ONNX Runtime's
     # quantizer had put them through uint8 Q/DQ (256 levels: tied logits, rounded embeddings)
+    # each MLP's GELU reads its MatMul's float output (OpenVINO fuses bias, GELU and the next Q into the
+    # int8 FullyConnected); its own output is quantized for the next MatMul
+    gelus = [n for n in model.graph.node if n.op_type == "BiasGelu"]
+    assert len(gelus) == depth and Metadata.from_onnx(path).data["precision_pass"]["float_into_gelu"] == depth
+    for g in gelus:
+        assert producers[g.input[0]].op_type == "MatMul"
+        assert [c.op_type for c in consumers[g.output[0]]] == ["QuantizeLinear"]
+    # no initializer is left that no node reads (ONNX Runtime warns about each at load)
+    read = {i for n in model.graph.node for i in n.input}
+    assert [i.name for i in model.graph.initializer if i.name not in read] == []
     assert producers["logits"].op_type == "Gemm" and producers["embedding"].op_type == "Gather"
     assert any(dq(i) for i in producers["logits"].input)  # the head still reads the int8 embedding
     with vitrt.Engine(path) as e:
