@@ -87,6 +87,26 @@ def test_attention_runs_as_one_int8_kernel_per_block(int8_cpu):
         assert members >= 3, (name, members)  # the two MatMuls with the Softmax
 
 
+def test_gelu_runs_inside_the_int8_fully_connected(int8_cpu):
+    """export/ort_quantize.py's float_into_gelu: with no Q/DQ between an MLP's first MatMul and its
+    BiasGelu, OpenVINO runs the bias and the GELU as post-ops of the int8 FullyConnected. With the
+    quantizer's Q/DQ there they ran as a separate dequantize-GELU-quantize Subgraph (docs/benchmarks.md)."""
+    import onnx
+
+    graph = onnx.load(int8_cpu, load_external_data=False).graph
+    gelus = {n.name for n in graph.node if n.op_type == "BiasGelu"}
+    with vitrt.Engine(int8_cpu, backend="openvino") as ov:
+        runtime = ov.backend.compiled[None].get_runtime_model()
+        ran_in = {}
+        for op in runtime.get_ops():
+            rt = op.get_rt_info()
+            for name in gelus & set(rt["originalLayersNames"].astype(str).split(",")):
+                ran_in[name] = (rt["layerType"].astype(str), rt["runtimePrecision"].astype(str))
+    assert set(ran_in) == gelus and len(gelus) == 2  # the small ViT's depth
+    for name, (kind, precision) in ran_in.items():
+        assert kind == "FullyConnected" and precision.lower() in ("i8", "u8"), (name, kind, precision)
+
+
 def test_static_shapes_then_dynamic_and_threads(int8_cpu, crops):
     from vitrt.backends.openvino import STATIC_SHAPES
 
