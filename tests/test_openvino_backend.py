@@ -65,24 +65,29 @@ def test_runs_the_linear_layers_in_int8_and_agrees_with_onnxruntime(int8_cpu, cr
         assert cosine(got[name], want[name]).min() > 0.999, name
 
 
+def _where_ops_ran(path, op_type: str) -> dict:
+    """For each ONNX node of ``op_type`` in ``path``: (layer type, runtime precision, how many ONNX nodes
+    it was fused with) of the OpenVINO runtime op that ran it."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    wanted = {n.name for n in graph.node if n.op_type == op_type}
+    ran_in = {}
+    with vitrt.Engine(path, backend="openvino") as ov:
+        for op in ov.backend.compiled[None].get_runtime_model().get_ops():
+            rt = op.get_rt_info()
+            names = set(rt["originalLayersNames"].astype(str).split(","))
+            for name in wanted & names:
+                ran_in[name] = (rt["layerType"].astype(str), rt["runtimePrecision"].astype(str).lower(), len(names))
+    assert set(ran_in) == wanted and len(wanted) == 2  # one per block of the small ViT
+    return ran_in
+
+
 def test_attention_runs_as_one_int8_kernel_per_block(int8_cpu):
     """export/cpu_attention.py's layout: OpenVINO fuses each block's Q·Kᵀ, Softmax and softmax·V into
     one Subgraph (its MHA kernel) running in 8 bits. ONNX Runtime's own attention Q/DQ layout, or FP32
     attention, gives an FP32 Subgraph or separate MatMul/Softmax nodes here (docs/benchmarks.md)."""
-    import onnx
-
-    graph = onnx.load(int8_cpu, load_external_data=False).graph
-    softmax = {n.name for n in graph.node if n.op_type == "Softmax"}
-    with vitrt.Engine(int8_cpu, backend="openvino") as ov:
-        runtime = ov.backend.compiled[None].get_runtime_model()
-        fused = {}
-        for op in runtime.get_ops():
-            rt = op.get_rt_info()
-            names = set(rt["originalLayersNames"].astype(str).split(","))
-            for name in softmax & names:
-                fused[name] = (rt["layerType"].astype(str), rt["runtimePrecision"].astype(str), len(names))
-    assert set(fused) == softmax and len(softmax) == 2  # the small ViT's depth
-    for name, (kind, precision, members) in fused.items():
+    for name, (kind, precision, members) in _where_ops_ran(int8_cpu, "Softmax").items():
         assert kind == "Subgraph" and precision in ("i8", "u8"), (name, kind, precision)
         assert members >= 3, (name, members)  # the two MatMuls with the Softmax
 
@@ -91,20 +96,8 @@ def test_gelu_runs_inside_the_int8_fully_connected(int8_cpu):
     """export/ort_quantize.py's float_into_gelu: with no Q/DQ between an MLP's first MatMul and its
     BiasGelu, OpenVINO runs the bias and the GELU as post-ops of the int8 FullyConnected. With the
     quantizer's Q/DQ there they ran as a separate dequantize-GELU-quantize Subgraph (docs/benchmarks.md)."""
-    import onnx
-
-    graph = onnx.load(int8_cpu, load_external_data=False).graph
-    gelus = {n.name for n in graph.node if n.op_type == "BiasGelu"}
-    with vitrt.Engine(int8_cpu, backend="openvino") as ov:
-        runtime = ov.backend.compiled[None].get_runtime_model()
-        ran_in = {}
-        for op in runtime.get_ops():
-            rt = op.get_rt_info()
-            for name in gelus & set(rt["originalLayersNames"].astype(str).split(",")):
-                ran_in[name] = (rt["layerType"].astype(str), rt["runtimePrecision"].astype(str))
-    assert set(ran_in) == gelus and len(gelus) == 2  # the small ViT's depth
-    for name, (kind, precision) in ran_in.items():
-        assert kind == "FullyConnected" and precision.lower() in ("i8", "u8"), (name, kind, precision)
+    for name, (kind, precision, _) in _where_ops_ran(int8_cpu, "BiasGelu").items():
+        assert kind == "FullyConnected" and precision in ("i8", "u8"), (name, kind, precision)
 
 
 def test_static_shapes_then_dynamic_and_threads(int8_cpu, crops):
