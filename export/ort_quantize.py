@@ -74,22 +74,14 @@ def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None
             "float_outputs": outputs, "unused_initializers_dropped": unused}
 
 
-def _index(graph):
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    return producer, consumers
-
-
 def float_into_gelu(model) -> int:
     """Each MLP's first MatMul feeds its GELU directly, without the Q/DQ pair the quantizer put on the
     MatMul's output. OpenVINO then runs the bias, the GELU and the next layer's input quantization as
     post-ops of the int8 FullyConnected instead of a separate dequantize-GELU-quantize pass over
-    577 x 3072 values per block (measured on the full ViT-B/16-384 at batch 1: 152 against 159 ms on
-    OpenVINO, 254 against 265 ms on ONNX Runtime; docs/benchmarks.md, "CPU peers"); one rounding fewer,
-    too. Returns how many pairs went."""
+    577 x 3072 values per block (faster on OpenVINO and ONNX Runtime alike: docs/benchmarks.md, "CPU
+    peers"); one rounding fewer, too. Returns how many pairs went."""
+    from .cpu_attention import _index
+
     graph = model.graph
     producer, consumers = _index(graph)
     dropped = 0
@@ -124,6 +116,8 @@ def float_outputs(model) -> list[str]:
     embedding (it feeds the head's Gemm) and the logits came out rounded to 256 levels. Here each output
     made by DequantizeLinear(QuantizeLinear(x)) takes x's name; the pair stays for its other consumers
     (the head keeps its int8 input) and goes where it fed nothing else. Returns the outputs changed."""
+    from .cpu_attention import _index
+
     graph = model.graph
     producer, consumers = _index(graph)
     changed = []
