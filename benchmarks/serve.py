@@ -124,8 +124,10 @@ def ceiling(artifact: Path, files: list[Path], batches: list[int], seconds: floa
     return {int(b): {"img_s": int(b) * len(t) / sum(t), **percentiles(t)} for b, t in raw.items()}
 
 
-def _stats(url: str, model: str) -> dict:
-    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as r:
+def _stats(url: str, model: str, headers: dict[str, str]) -> dict:
+    """Triton's statistics (an admin API of vitrt serve: ``headers`` carry its token)."""
+    req = urllib.request.Request(f"http://{url}/v2/models/{model}/stats", headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
         s = json.loads(r.read())["model_stats"][0]
     inf = s.get("inference_stats", {})
     return {"executions": int(s["execution_count"]), "inferences": int(s["inference_count"]),
@@ -141,7 +143,10 @@ def _stats(url: str, model: str) -> dict:
 SERVER_PARTS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
 
-def step(url: str, model: str, blobs: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
+def step(url: str, model: str, blobs: list[bytes], clients: int, seconds: float, max_requests: int,
+         admin: dict[str, str]) -> dict:
+    """``clients`` closed-loop clients for ``seconds``; ``admin``: the headers with the server's admin token
+    (Triton's statistics are an admin API of vitrt serve)."""
     import tritonclient.http as tc
 
     lat: list[float] = []
@@ -175,13 +180,13 @@ def step(url: str, model: str, blobs: list[bytes], clients: int, seconds: float,
         finally:
             client.close()
 
-    before, cpu0, t0 = _stats(url, model), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    before, cpu0, t0 = _stats(url, model, admin), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=seconds + 180)
-    wall, cpu1, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF), _stats(url, model)
+    wall, cpu1, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF), _stats(url, model, admin)
     sent = len(lat) + sum(errors.values())
     client_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     batches = {b: n - before["batches"].get(b, 0) for b, n in after["batches"].items() if n - before["batches"].get(b, 0)}
@@ -216,9 +221,9 @@ def run(artifact: Path, out: Path, step_s: float = 15.0, max_requests: int = 200
         args = ["--max-queue-size", str(queue)] + (["--queue-delay-us", str(delay_us)] if delay_us is not None else [])
         steps = []
         with ServeProcess(artifact, *args, "--model-name", "m") as srv:
-            step(srv.url, "m", blobs, 1, min(3.0, step_s), 5)  # warm-up
+            step(srv.url, "m", blobs, 1, min(3.0, step_s), 5, srv.admin_headers)  # warm-up
             for c in concurrency:
-                r = step(srv.url, "m", blobs, c, step_s, max_requests)
+                r = step(srv.url, "m", blobs, c, step_s, max_requests, srv.admin_headers)
                 log(f"{c:3d} clients: {r['img_s']:.2f} img/s, p50 {r.get('p50', float('nan')):.0f} ms, "
                     f"p99 {r.get('p99', float('nan')):.0f} ms, mean batch {r['mean_batch'] or 0:.1f}, errors {r['errors']}")
                 steps.append(r)
@@ -248,9 +253,9 @@ def delay_sweep(artifact: Path, out: Path, delays: list[int], concurrency: list[
     blobs, rows = jpegs(), []
     for d in delays:
         with ServeProcess(artifact, "--queue-delay-us", str(d), "--model-name", "m") as srv:
-            step(srv.url, "m", blobs, 1, min(3.0, step_s), 3)  # warm-up
+            step(srv.url, "m", blobs, 1, min(3.0, step_s), 3, srv.admin_headers)  # warm-up
             for c in concurrency:
-                r = step(srv.url, "m", blobs, c, step_s, max_requests)
+                r = step(srv.url, "m", blobs, c, step_s, max_requests, srv.admin_headers)
                 rows.append({"delay_us": d, **r})
                 log(f"delay {d} us, {c} clients: {r['img_s']:.2f} img/s, p50 {r.get('p50', float('nan')):.0f} ms, "
                     f"mean batch {r['mean_batch'] or 0:.1f}")

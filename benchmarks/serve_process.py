@@ -50,7 +50,7 @@ class ServeProcess:
     """``with ServeProcess(artifact) as srv:`` ... ``srv.url``; extra ``vitrt serve`` flags in ``args``."""
 
     def __init__(self, artifact: Path, *args: str, ports: list[int] | None = None, log: Path | None = None,
-                 ready_timeout: float = 180.0):
+                 ready_timeout: float = 180.0, env: dict[str, str] | None = None):
         python = serve_python()
         if python is None:
             raise RuntimeError("no serving venv: run `make serve-venv` (or set VITRT_SERVE_PYTHON)")
@@ -61,12 +61,34 @@ class ServeProcess:
                     "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *args]
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
+        # the admin token: $VITRT_ADMIN_TOKEN where given, else the file vitrt serve writes into its own
+        # XDG_RUNTIME_DIR: one per server here, so that servers started side by side do not share it
+        self.env = {k: v for k, v in os.environ.items() if k != "VITRT_ADMIN_TOKEN"}
+        self.env.update(env or {})
+        if "VITRT_ADMIN_TOKEN" not in self.env and "XDG_RUNTIME_DIR" not in (env or {}):
+            import tempfile
+
+            self._runtime_dir = tempfile.TemporaryDirectory(prefix="vitrt-serve-xdg-")
+            self.env["XDG_RUNTIME_DIR"] = self._runtime_dir.name
+
+    @property
+    def token(self) -> str:
+        """The server's admin token (vitrt/serving/security.py), for the admin APIs (statistics)."""
+        if self.env.get("VITRT_ADMIN_TOKEN"):
+            return self.env["VITRT_ADMIN_TOKEN"]
+        return (Path(self.env["XDG_RUNTIME_DIR"]) / "vitrt" / "admin-token").read_text().strip()
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        from vitrt.serving.security import ADMIN_HEADER
+
+        return {ADMIN_HEADER: self.token}
 
     def start(self) -> "ServeProcess":
         self._log = open(self.log_path, "w")
         # SIGTERM (a drain) when the process that started it dies, even by kill -9: no server outlives its
         # test or benchmark (vitrt serve's own tritonserver child dies with it the same way)
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True, preexec_fn=_terminate_with_parent)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:

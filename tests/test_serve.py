@@ -32,6 +32,7 @@ if serve_python() is None:  # raises when make test's VITRT_SERVE_PYTHON names n
     pytest.skip("no serving venv (`make test` builds .venv-serve)", allow_module_level=True)
 
 QUEUE = 8  # --max-queue-size of the shared server: room for the 7 requests of the batch test; 24 overflow it
+CAP = 2_000_000  # --max-image-bytes of the shared server: above every image the tests send (photos <= 0.8 MB, 1.1 MB as base64)
 
 
 def _jpeg(seed: int, size=(96, 64)) -> bytes:
@@ -50,7 +51,8 @@ def artifact(small_onnx) -> Path:
 def server(artifact, tmp_path_factory):
     # a 100 ms batching window so that concurrent requests meet in one execution
     srv = ServeProcess(artifact, "--model-name", "m", "--queue-delay-us", "100000", "--max-queue-size", str(QUEUE),
-                       log=tmp_path_factory.mktemp("serve") / "server.log")
+                       "--max-image-bytes", str(CAP), log=tmp_path_factory.mktemp("serve") / "server.log",
+                       env={"XDG_RUNTIME_DIR": str(tmp_path_factory.mktemp("xdg"))})  # the token file's folder
     with srv:
         yield srv
         t0 = time.monotonic()
@@ -152,7 +154,9 @@ def test_a_bad_request_fails_alone_in_its_batch(server, engine, protocol):
 
 
 def _stats(server) -> dict:
-    with urllib.request.urlopen(f"http://{server.url}/v2/models/m/stats", timeout=10) as r:
+    """Triton's statistics: an admin API, so with the token (vitrt/serving/security.py)."""
+    req = urllib.request.Request(f"http://{server.url}/v2/models/m/stats", headers=server.admin_headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
         s = json.loads(r.read())["model_stats"][0]
     return {"execution_count": int(s["execution_count"]), "inference_count": int(s["inference_count"])}
 
@@ -218,7 +222,8 @@ def test_a_full_queue_answers_503_at_once(server, engine):
 
 
 def _success(server) -> int:
-    with urllib.request.urlopen(f"http://{server.url}/v2/models/m/stats", timeout=10) as r:
+    req = urllib.request.Request(f"http://{server.url}/v2/models/m/stats", headers=server.admin_headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
         return int(json.loads(r.read())["model_stats"][0]["inference_stats"]["success"]["count"])
 
 
@@ -274,22 +279,26 @@ def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, pho
 
 def test_deploy_manifests_match_the_real_server(server):
     """deploy/*.yaml: the `vitrt serve` command line parses with vitrt's own CLI, the ports the probes and
-    Services name are the ones it sets, and each probe path answers 200 on the real server here."""
+    Services name are the ones it sets, and each probe path, and each path the Ingress routes (for this
+    server's model name), answers 200 on the real server here without the admin token."""
     import yaml
 
     from vitrt.cli import build_parser
 
     root = Path(__file__).resolve().parents[1] / "deploy"
-    containers = []
+    containers, routes = [], []
     for manifest in sorted(root.glob("*.yaml")):
         for doc in yaml.safe_load_all(manifest.read_text()):
+            if doc["kind"] == "Ingress":
+                routes += [(p["path"], doc["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol"))
+                           for r in doc["spec"]["rules"] for p in r["http"]["paths"]]
+            if doc["kind"] not in ("Deployment", "InferenceService"):
+                continue
             spec = doc["spec"]
-            pod = spec["template"]["spec"] if doc["kind"] == "Deployment" else spec.get("predictor", {})
-            containers += [(manifest.name, doc, c) for c in pod.get("containers", [])]
-            if doc["kind"] == "Deployment":
-                assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])  # /dev/shm
+            pod = spec["template"]["spec"] if doc["kind"] == "Deployment" else spec["predictor"]
+            containers += [(manifest.name, pod, c) for c in pod.get("containers", [])]
     assert {m for m, _, _ in containers} == {"kubernetes.yaml", "kserve.yaml"}
-    for manifest, doc, c in containers:
+    for manifest, pod, c in containers:
         assert c["command"][:2] == ["vitrt", "serve"], manifest
         args = build_parser().parse_args(c["command"][1:])
         assert args.host == "0.0.0.0"
@@ -302,18 +311,183 @@ def test_deploy_manifests_match_the_real_server(server):
             assert port == args.http_port, (manifest, probe, port)
             with urllib.request.urlopen(f"http://{server.url}{get['path']}", timeout=10) as r:
                 assert r.status == 200, (manifest, probe)
-            if any(v.get("emptyDir", {}).get("medium") == "Memory" for v in
-                   (doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]).get("volumes", [])):
-                assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"])
+        if any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod.get("volumes", [])):
+            assert any(m["mountPath"] == "/dev/shm" for m in c["volumeMounts"])
         if named:
             assert named.get("grpc", args.grpc_port) == args.grpc_port
             assert named.get("metrics", args.metrics_port) == args.metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as r:
         assert "nv_inference_queue_duration_us" in r.read().decode()  # the HPA's metric exists
+    http_routes = [p.replace("/b16_384", "/m") for p, proto in routes if proto != "GRPC"]
+    assert "/v2/models/m/infer" in http_routes
+    for path in http_routes:
+        if path.endswith("/infer"):
+            status, _ = _http(server.url, {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                                       "data": [base64.b64encode(_jpeg(7)).decode()]}]}, path)
+        else:
+            with urllib.request.urlopen(f"http://{server.url}{path}", timeout=10) as r:
+                status = r.status
+        assert status == 200, path
+    import tritonclient.grpc as tc  # the gRPC routes are the inference service's methods the client uses
+
+    grpc_methods = {p.rsplit("/", 1)[1] for p, proto in routes if proto == "GRPC"}
+    assert grpc_methods == {"ModelInfer", "ModelMetadata", "ModelConfig", "ModelReady"}
+    client = tc.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    try:
+        assert client.is_model_ready("m") and client.get_model_metadata("m") and client.get_model_config("m")
+    finally:
+        client.close()
+
+
+# --- security (vitrt/serving/security.py, docs/serving.md "Security"): probed as an attacker would ---------
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_admin_apis_are_closed_without_the_token(server, protocol):
+    """Every admin API answers 403 (HTTP) / UNAVAILABLE (gRPC) without the token: shared memory (the
+    backend's own segment cannot be registered, so no inference can read or write it: CVE-2025-23320 ->
+    23319 -> 23334), repository, model unload, statistics, logging, trace. The server stays up."""
+    from benchmarks.serve_probes import CLOSED, backend_segment, grpc_probes, http_probes
+
+    segment = backend_segment(server.proc.pid)
+    assert segment and segment.startswith(f"/vitrt{server.proc.pid}_"), segment  # what an attacker would name
+    if protocol == "http":
+        got = http_probes(server.url, "m", segment)
+        assert {k: v for k, (_, v) in got.items()} == dict.fromkeys(got, CLOSED), got
+        statuses = {k: s for k, (s, _) in got.items()}
+        # the two inferences name a region that could not be registered: Triton's own 404 for it
+        assert statuses.pop("shm read through an inference input") == 404
+        assert statuses.pop("shm write through an inference output") == 404
+        assert statuses.pop("model config shows a path") == 200  # open, and without a path (next test)
+        assert set(statuses.values()) == {403}, statuses
+        assert len(statuses) == 9
+    else:
+        got = grpc_probes(f"127.0.0.1:{server.grpc}", "m", segment)
+        assert len(got) == 8 and set(got.values()) == {("UNAVAILABLE", CLOSED)}, got
+    assert server.ready()
+
+
+def test_admin_apis_answer_with_the_token(server, monkeypatch):
+    """With the token, statistics answer over HTTP (vitrt.Client.statistics: the token from its argument,
+    else $VITRT_ADMIN_TOKEN, else the file vitrt serve wrote) and gRPC (metadata); a wrong token is refused."""
+    import tritonclient.grpc as tc
+
+    from vitrt.serving.security import GRPC_HEADER
+
+    with vitrt.Client(server.url, "m", admin_token=server.token) as client:
+        assert client.statistics()["model_stats"][0]["name"] == "m"
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", server.env["XDG_RUNTIME_DIR"])  # the file, as a local admin reads it
+    with vitrt.Client(server.url, "m") as client:
+        assert client.statistics()["model_stats"][0]["name"] == "m"
+    monkeypatch.setenv("VITRT_ADMIN_TOKEN", "not-the-token-0123456789")
+    with vitrt.Client(server.url, "m") as client:
+        with pytest.raises(vitrt.BackendError, match="refused statistics"):
+            client.statistics()
+    grpc = tc.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    try:
+        stats = grpc.get_inference_statistics("m", headers={GRPC_HEADER: server.token}, as_json=True)
+        assert stats["model_stats"][0]["name"] == "m"
+    finally:
+        grpc.close()
+
+
+def test_inference_health_metadata_and_metrics_stay_open_and_the_config_shows_no_path(server, artifact, photos):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/m", "/v2/models/m/config"):
+        with urllib.request.urlopen(f"http://{server.url}{path}", timeout=10) as r:
+            assert r.status == 200, path
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=10) as r:
+        assert "nv_inference_request_success" in r.read().decode()
+    with urllib.request.urlopen(f"http://{server.url}/v2/models/m/config", timeout=10) as r:
+        text = r.read().decode()
+    params = {k: v["string_value"] for k, v in json.loads(text)["parameters"].items()}
+    assert params["artifact"] == "small.onnx" and len(params["sha256"]) == 64  # named by file name and sha256
+    assert not [v for v in params.values() if "/" in v], params
+    assert str(artifact.parent) not in text and "vitrt-serve-" not in text  # neither the artifact's nor the repository's folder
+    with vitrt.Client(server.url, "m") as client:  # no token: inference is open
+        assert client.embed(photos[0]).ndim == 1
+
+
+def test_the_token_never_appears_in_the_servers_output(server):
+    """The token is generated per start into a 0600 file in a 0700 folder, whose path (not the token) is
+    printed; Triton's own startup table does not show the restricted-API flags' value either."""
+    token_file = Path(server.env["XDG_RUNTIME_DIR"]) / "vitrt" / "admin-token"
+    assert (token_file.stat().st_mode & 0o777, token_file.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    log = server.log()
+    assert len(server.token) >= 40 and server.token not in log
+    assert f"the token in {token_file} (mode 0600)" in log
+    warnings = [ln for ln in log.splitlines() if "warning: Triton 2.51.0 (NGC 24.10) predates NGC" in ln]
+    assert len(warnings) == 1 and "bound to loopback (127.0.0.1) only" in warnings[0]  # the loopback warning
+
+
+def test_an_image_over_the_byte_cap_gets_400_before_it_is_decoded(server, engine):
+    """A valid PNG of 3 MB against the server's 2 MB cap: refused with the cap's message, as raw bytes and
+    as base64 text, though the same bytes decode fine (Engine preprocesses them); a small image in the
+    same batch still gets its answer."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)).save(buf, "PNG")
+    big = buf.getvalue()
+    assert len(big) > CAP and engine.preprocess(big).shape == (384, 384, 3)
+    with vitrt.Client(server.url, "m") as client:
+        with pytest.raises(vitrt.ImageError, match=f"image payload of {len(big)} bytes is larger than this server's "
+                                                   f"cap of {CAP} bytes"):
+            client.infer(big)
+        assert client.infer(_jpeg(3))["logits"].shape == (1, 1000)
+    status, body = _http(server.url, {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                                  "data": [base64.b64encode(big).decode()]}]})
+    assert status == 400 and f"cap of {CAP} bytes" in body["error"], body
+    assert server.ready()
+
+
+def test_a_public_bind_of_a_vulnerable_triton_is_refused(artifact):
+    """The bundled Triton 2.51 asked to bind a non-loopback address: refused before anything binds, with
+    the version, the CVEs and the ways out. 192.0.2.1 (TEST-NET-1) is on no interface here, so even a
+    broken check could not expose a server from a test."""
+    import subprocess
+
+    out = subprocess.run([str(serve_python()), "-m", "vitrt", "serve", str(artifact), "--host", "192.0.2.1",
+                          "--http-port", str(free_ports(1)[0])], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 1, out.stdout + out.stderr
+    err = out.stderr
+    assert "refusing to bind Triton 2.51.0 (NGC 24.10) to 192.0.2.1" in err
+    assert "CVE-2025-23310" in err and "CVE-2026-47627" in err
+    assert "26.06-py3" in err and "--triton-home" in err and "--allow-vulnerable-triton" in err
+    assert "Started HTTPService" not in out.stdout  # no server started
+
+
+def test_an_ngc_layout_triton_home_serves(artifact, tmp_path, photos):
+    """--triton-home with NVIDIA's container layout (bin/tritonserver, backends/python with its own stub),
+    built here from the bundled binary by symbolic links: the stub comes from backends/python, the release
+    from a probe (GET /v2 on loopback, as for any Triton outside /opt/tritonserver without NGC's variables)."""
+    python = Path(serve_python())
+    bundled = next(python.parents[1].glob("lib/python3*/site-packages/pytriton/tritonserver"))
+    home = tmp_path / "tritonserver"
+    (home / "bin").mkdir(parents=True)
+    (home / "backends" / "python").mkdir(parents=True)
+    (home / "bin" / "tritonserver").symlink_to(bundled / "bin" / "tritonserver")
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        (home / "backends" / "python" / name).symlink_to(bundled / "backends" / "python" / name)
+    minor = subprocess_minor(python)
+    (home / "backends" / "python" / "triton_python_backend_stub").symlink_to(
+        bundled / "python_backend_stubs" / minor / "triton_python_backend_stub")
+    with ServeProcess(artifact, "--model-name", "m", "--triton-home", str(home), log=tmp_path / "ngc.log") as srv:
+        with vitrt.Client(srv.url, "m") as client:
+            assert client.embed(photos[0]).ndim == 1
+        log = srv.log()
+    assert f"Triton 2.51.0 at {home} (found by --triton-home; version from GET /v2 of the binary" in log
+
+
+def subprocess_minor(python: Path) -> str:
+    import subprocess
+
+    return subprocess.run([str(python), "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_serve_refuses_numpy_2_with_the_reason(artifact):
-    """The build venv has numpy 2, which Triton's Python backend stub cannot read: a clear error, no server."""
+    """The build venv has numpy 2, which the bundled Triton's Python backend stub cannot read: a clear
+    error, no server. The bundled layout is named with --triton-home (this venv has no nvidia-pytriton)."""
     import subprocess
     import sys
 
@@ -321,9 +495,11 @@ def test_serve_refuses_numpy_2_with_the_reason(artifact):
 
     if int(numpy.__version__.split(".")[0]) < 2:
         pytest.skip("this venv has numpy < 2")
-    out = subprocess.run([sys.executable, "-m", "vitrt", "serve", str(artifact), "--http-port", str(free_ports(1)[0])],
-                         capture_output=True, text=True, timeout=60)
+    bundled = next(Path(serve_python()).parents[1].glob("lib/python3*/site-packages/pytriton/tritonserver"))
+    out = subprocess.run([sys.executable, "-m", "vitrt", "serve", str(artifact), "--http-port", str(free_ports(1)[0]),
+                          "--triton-home", str(bundled)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "needs numpy < 2" in out.stderr and "make serve" in out.stderr, out.stderr
+    assert "bundled Triton's Python backend stub" in out.stderr
 
 
 def test_vitrt_predict_over_the_server_prints_what_the_engine_prints(server, artifact, photos):

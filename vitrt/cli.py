@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--queue-delay-us", type=int, default=None,
                     help="dynamic batching delay (default: vitrt/serving/repository.py)")
     sv.add_argument("--grace", type=int, default=30, help="seconds to drain in-flight requests on SIGTERM (default: %(default)s)")
+    sv.add_argument("--max-image-bytes", type=int, default=None,
+                    help="an encoded image larger than this gets 400 before it is decoded (default: "
+                         "vitrt/serving/repository.py MAX_IMAGE_BYTES)")
+    sv.add_argument("--triton-home", type=Path, default=None, metavar="PATH",
+                    help="a Triton installation to run (NGC layout: bin/tritonserver, backends/python) (default: "
+                         "$VITRT_TRITON_HOME, else /opt/tritonserver, else the one bundled in nvidia-pytriton)")
+    sv.add_argument("--allow-vulnerable-triton", action="store_true",
+                    help="bind a Triton release with known network-reachable CVEs to a non-loopback address; only "
+                         "behind a gateway that authenticates clients and buffers request bodies (default: refused)")
     return p
 
 
@@ -220,9 +229,11 @@ def _serve(args) -> int:
     elif not path.is_file():
         raise VitrtError(f"{path} does not exist; expected a .onnx or .plan artifact or an artifacts folder")
     config = {k: v for k, v in (("max_queue_size", args.max_queue_size), ("queue_timeout_ms", args.queue_timeout_ms),
-                                ("queue_delay_us", args.queue_delay_us)) if v is not None}
+                                ("queue_delay_us", args.queue_delay_us), ("max_image_bytes", args.max_image_bytes))
+              if v is not None}
     return serve(path, model_name=args.model_name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                 metrics_port=args.metrics_port, grace=args.grace, log=lambda m: print(m, flush=True), **config)
+                 metrics_port=args.metrics_port, grace=args.grace, triton_home=args.triton_home,
+                 allow_vulnerable_triton=args.allow_vulnerable_triton, log=lambda m: print(m, flush=True), **config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,10 @@ PIL images and arrays as PNG; the server decodes and preprocesses them exactly a
 
 A server error is a VitrtError carrying the server's message: ImageError for a refused image (HTTP 400),
 BackendError for the rest (a full queue is HTTP 503).
+
+Admin calls (``statistics()``) send the header ``vitrt-admin-key`` with the token from ``admin_token=``,
+else ``$VITRT_ADMIN_TOKEN``, else the file ``vitrt serve`` wrote (vitrt/serving/security.py); inference
+needs none.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def encode(image: Any) -> bytes:
 
 
 class Client:
-    def __init__(self, url: str = "localhost:8000", model: str = "b16_384", timeout: float = 60.0):
+    def __init__(self, url: str = "localhost:8000", model: str = "b16_384", timeout: float = 60.0,
+                 admin_token: str | None = None):
         try:
             import tritonclient.http as http
         except (ImportError, RuntimeError):  # tritonclient without its http extra raises RuntimeError
@@ -49,6 +54,7 @@ class Client:
         self._http = http
         url = url.split("://", 1)[-1].rstrip("/")
         self.url, self.model, self._timeout = url, model, timeout
+        self._admin_token = admin_token
         # tritonclient.http's client runs on gevent and is not thread-safe (shared between threads it
         # fails with greenlet's "Cannot switch to a different thread"): one per thread that calls us
         self._local, self._lock, self._clients = threading.local(), threading.Lock(), []
@@ -86,6 +92,20 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def statistics(self) -> dict:
+        """Triton's statistics for this model (an admin API: sends the admin token)."""
+        from .serving.security import ADMIN_HEADER, client_token
+
+        token = client_token(self._admin_token)
+        if token is None:
+            raise BackendError("statistics are an admin API of vitrt serve and no admin token was found; expected "
+                               "admin_token=..., $VITRT_ADMIN_TOKEN, or the file vitrt serve named at start")
+        try:
+            return self.client.get_inference_statistics(self.model, headers={ADMIN_HEADER: token})
+        except Exception as exc:
+            raise BackendError(f"server {self.url} refused statistics ({_message(exc)}); expected the admin token of "
+                               "the running vitrt serve") from None
 
     def infer(self, images: Any) -> dict[str, np.ndarray]:
         """Raw outputs for one image or many (batches larger than the server's max batch are split)."""

@@ -7,7 +7,12 @@ that wraps :class:`vitrt.Engine`, so any artifact (ONNX or plan) serves the same
     <repo>/<NAME>/labels.txt       one class name a line (Triton's classification extension)
     <repo>/<NAME>/1/model.py       vitrt/serving/triton_model.py
     <repo>/<NAME>/1/<artifact>     with copy=True (make triton): the artifact and what travels with it;
-                                   else config parameter ``artifact`` names it by absolute path
+                                   with link=True (vitrt serve): a symbolic link to the artifact, which
+                                   the model resolves on the server side
+
+The config names the artifact by file name and sha256 only: ``GET /v2/models/<NAME>/config`` is open
+to every client (vitrt.Client reads the max batch and the class count there), so it must hold no path
+of the server's filesystem.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ from ..metadata import Metadata, sha256_file
 QUEUE_DELAY_US = 2000
 MAX_QUEUE_SIZE = 64
 QUEUE_TIMEOUT_MS = 30_000
+#: The largest encoded image the model accepts, refused before it is decoded (HTTP 400). Measured
+#: (python -m benchmarks.image_bytes; docs/benchmarks.md, "Image bytes"): a 48-megapixel JPEG of a photo
+#: at quality 95 is 12-26 MB and a 24-megapixel PNG 36-53 MB; 64 MiB admits those and equals
+#: Triton's own request limit (--http-max-input-size), which a batch of such images already exceeds.
+MAX_IMAGE_BYTES = 64 * 2**20
 
 
 def _param(key: str, value) -> str:
@@ -36,7 +46,7 @@ def _param(key: str, value) -> str:
 
 def config_pbtxt(meta: Metadata, model_name: str, artifact: str, sha256: str, *, queue_delay_us: int = QUEUE_DELAY_US,
                  max_queue_size: int = MAX_QUEUE_SIZE, queue_timeout_ms: int = QUEUE_TIMEOUT_MS, instances: int = 1,
-                 decode_threads: int = 0, max_pixels: int | None = None) -> str:
+                 decode_threads: int = 0, max_pixels: int | None = None, max_image_bytes: int = MAX_IMAGE_BYTES) -> str:
     d = meta.data
     outputs = []
     for name, spec in d["outputs"].items():
@@ -44,7 +54,7 @@ def config_pbtxt(meta: Metadata, model_name: str, artifact: str, sha256: str, *,
         label = '\n    label_filename: "labels.txt"' if name == "logits" else ""
         outputs.append(f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {dims} ]{label}\n  }}')
     params = [_param("artifact", artifact), _param("precision", d["precision"]), _param("sha256", sha256),
-              _param("decode_threads", decode_threads)]
+              _param("decode_threads", decode_threads), _param("max_image_bytes", int(max_image_bytes))]
     if max_pixels is not None:
         params.append(_param("max_pixels", max_pixels))
     outputs_text, params_text = ",\n".join(outputs), ",\n".join(params)
@@ -82,10 +92,13 @@ parameters [
 
 
 def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model_name: str | None = None, *,
-                     copy: bool = False, **config) -> Path:
+                     copy: bool = False, link: bool = False, **config) -> Path:
     """Write the model repository for ``artifact`` (a .onnx or .plan); returns the model's folder.
     ``copy`` puts the artifact (and its sidecar, report and reference file) inside the repository, for
-    a Triton container; otherwise the config names it by absolute path."""
+    a Triton container; ``link`` a symbolic link to it (its companions stay beside the original, where
+    the model finds them after resolving the link). One of the two: the config names the file only."""
+    if copy == link:
+        raise ValueError("write_repository needs exactly one of copy=True (make triton) and link=True (vitrt serve)")
     from ..artifacts import metadata_of, reference_for
 
     artifact = Path(artifact).resolve()
@@ -97,8 +110,12 @@ def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
     sha = (meta.data.get("plan") or {}).get("sha256") or sha256_file(artifact)
-    where = artifact.name if copy else os.fspath(artifact)
-    if copy:
+    if link:
+        dst = version / artifact.name
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        dst.symlink_to(artifact)
+    else:
         companions = [artifact, parity_path(artifact)]
         if artifact.suffix == ".plan":
             companions.append(sidecar_path(artifact))
@@ -115,7 +132,7 @@ def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model
                     os.link(src, dst)
                 except OSError:
                     shutil.copy2(src, dst)
-    write_bytes(folder / "config.pbtxt", config_pbtxt(meta, name, where, sha, **config).encode())
+    write_bytes(folder / "config.pbtxt", config_pbtxt(meta, name, artifact.name, sha, **config).encode())
     labels = labels_for(meta.label_set, meta.num_classes)
     write_bytes(folder / "labels.txt", ("\n".join(labels) + "\n").encode())
     write_bytes(version / "model.py", (Path(__file__).parent / "triton_model.py").read_bytes())

@@ -1,14 +1,18 @@
-"""``vitrt serve``: the real Triton Inference Server (the ``tritonserver`` binary that ships inside the
-``nvidia-pytriton`` wheel) serving one vitrt model from a repository of ours.
+"""``vitrt serve``: the real Triton Inference Server (a system one, e.g. NVIDIA's container, or the
+``tritonserver`` binary that ships inside the ``nvidia-pytriton`` wheel: vitrt/serving/triton_home.py)
+serving one vitrt model from a repository of ours, with its admin APIs closed (vitrt/serving/security.py).
 
 What this module owns, because the binary and its Python backend need it (shared/TOOLCHAIN-NOTES.md):
 - a backend folder with the Python backend and the stub built for *this* interpreter's version;
 - ``LD_LIBRARY_PATH`` with this interpreter's own ``libpython`` (a pyenv Python otherwise picks up the
   system's, and the stub fails in ``initialize``), and this environment's ``bin/`` first on PATH (the
   stub finds its packages through it);
-- numpy < 2 in this environment: the stub is built with a pybind11 that reads numpy 1's array
-  descriptor layout, so under numpy 2 every tensor it hands to Python has stride 0 (measured: a
-  5-byte BYTES element arrives as nine 0x05 bytes). ``make serve`` makes such an environment;
+- numpy < 2 in this environment for the bundled binary: its stub is built with a pybind11 that reads
+  numpy 1's array descriptor layout, so under numpy 2 every tensor it hands to Python has stride 0
+  (measured: a 5-byte BYTES element arrives as nine 0x05 bytes). ``make serve`` makes such an
+  environment; an NGC container's stub is built for that container's own Python and numpy;
+- security: the restricted admin APIs and the token, the hardening flags, the request size limit where
+  the release has it, and the refusal to expose a known-vulnerable release (vitrt/serving/security.py);
 - signals: SIGTERM/SIGINT are forwarded, Triton drains in-flight requests for ``grace`` seconds and
   refuses new ones, and the exit status is Triton's; the child dies with us (PR_SET_PDEATHSIG) so a
   kill -9 leaves no orphan; the Python backend's shared memory is named after our pid, and segments
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import glob
-import importlib.util
 import os
 import re
 import signal
@@ -32,44 +35,18 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import BackendError
+from .triton_home import HOW, Triton
 
 SHM_PREFIX = "vitrt{pid}_"
-HOW = ("`make serve` (a serving venv with nvidia-pytriton and numpy < 2), or `pip install 'vitrt[cpu]' "
-       "'numpy<2' tritonclient[http,grpc]` and `pip install --no-deps nvidia-pytriton` in a fresh venv")
-
-
-def triton_home() -> Path:
-    """The folder that holds ``bin/tritonserver``, ``backends/python`` and ``python_backend_stubs``."""
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendError(f"Triton Inference Server is not installed here; expected the nvidia-pytriton wheel: {HOW}")
-    home = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
-    if not (home / "bin" / "tritonserver").is_file():
-        raise BackendError(f"{home}/bin/tritonserver is missing; expected the nvidia-pytriton wheel's binary: {HOW}")
-    return home
 
 
 def check_numpy() -> None:
     import numpy
 
     if int(numpy.__version__.split(".")[0]) >= 2:
-        raise BackendError(f"numpy {numpy.__version__} in {sys.prefix}: Triton's Python backend stub needs numpy < 2 "
-                           f"(it passes every tensor with stride 0 under numpy 2); expected a serving environment: {HOW}")
-
-
-def backend_dir(home: Path, into: Path) -> Path:
-    """A backend folder whose ``python/`` has the stub for this interpreter's version."""
-    stub = home / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise BackendError(f"the nvidia-pytriton wheel has no Python backend stub for Python "
-                           f"{sys.version_info.major}.{sys.version_info.minor}; expected 3.8-3.13")
-    python = into / "python"
-    python.mkdir(parents=True, exist_ok=True)
-    for src in (home / "backends/python/libtriton_python.so", home / "backends/python/triton_python_backend_utils.py", stub):
-        dst = python / src.name
-        if not dst.exists():
-            dst.symlink_to(src)
-    return into
+        raise BackendError(f"numpy {numpy.__version__} in {sys.prefix}: the bundled Triton's Python backend stub needs "
+                           f"numpy < 2 (it passes every tensor with stride 0 under numpy 2); expected a serving "
+                           f"environment: {HOW}")
 
 
 def remove_stale_shm(root: str = "/dev/shm") -> list[str]:
@@ -102,12 +79,18 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 
 def command(repo: Path, backends: Path, *, host: str, http_port: int, grpc_port: int, metrics_port: int,
-            grace: int, home: Path) -> list[str]:
-    return [str(home / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
-            f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
-            f"--metrics-address={host}", f"--metrics-port={metrics_port}", "--allow-metrics=true",
-            f"--exit-timeout-secs={int(grace)}", "--strict-readiness=true",
-            f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX.format(pid=os.getpid())}"]
+            grace: int, triton: Triton, token: str) -> list[str]:
+    from .security import HARDENING, MAX_HTTP_INPUT_BYTES, restricted_flags
+
+    cmd = [str(triton.binary), f"--model-repository={repo}", f"--backend-directory={backends}",
+           f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+           f"--metrics-address={host}", f"--metrics-port={metrics_port}", "--allow-metrics=true",
+           f"--exit-timeout-secs={int(grace)}", "--strict-readiness=true",
+           f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX.format(pid=os.getpid())}",
+           *HARDENING, *restricted_flags(token)]
+    if triton.has_option("--http-max-input-size"):
+        cmd.append(f"--http-max-input-size={MAX_HTTP_INPUT_BYTES}")
+    return cmd
 
 
 def environment() -> dict[str, str]:
@@ -136,19 +119,31 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0.1", http_port: int = 8000,
           grpc_port: int = 8001, metrics_port: int = 8002, grace: int = 30, ready_timeout: float = 300,
+          triton_home: str | os.PathLike | None = None, allow_vulnerable_triton: bool = False,
           log=print, **config) -> int:
     """Serve ``artifact`` until SIGTERM/SIGINT; returns tritonserver's exit status."""
     from .repository import write_repository
+    from .security import check_exposure, server_token
+    from .triton_home import identify, locate
 
-    check_numpy()
-    home = triton_home()
+    triton = locate(triton_home)
+    if triton.bundled:
+        check_numpy()
+    identify(triton, environment())
+    log(f"vitrt serve: {triton.describe()}")
+    warning = check_exposure(host, triton.version, triton.ngc, allow_vulnerable_triton)  # before binding
+    if warning:
+        log(f"vitrt serve: {warning}")
+    token, token_path = server_token()
+    log("vitrt serve: admin APIs (shared memory, repository, statistics, trace, logging) need the header "
+        "vitrt-admin-key: the token " + (f"in {token_path} (mode 0600)" if token_path else "from $VITRT_ADMIN_TOKEN"))
     remove_stale_shm()
     with tempfile.TemporaryDirectory(prefix="vitrt-serve-") as tmp:
         repo = Path(tmp) / "models"
-        folder = write_repository(artifact, repo, model_name, **config)
-        backends = backend_dir(home, Path(tmp) / "backends")
+        folder = write_repository(artifact, repo, model_name, link=True, **config)
+        backends = triton.backend_dir(Path(tmp) / "backends")
         cmd = command(repo, backends, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                      grace=grace, home=home)
+                      grace=grace, triton=triton, token=token)
         proc = subprocess.Popen(cmd, env=environment(), preexec_fn=_die_with_parent)
         stop = {"signal": None}
 

@@ -5,7 +5,8 @@ Per execution (a dynamic batch of requests): every image of every request is dec
 in a thread pool (Pillow releases the GIL), exactly as ``Engine.predict`` does; the good ones run as
 one batch; a request with a bad image (corrupt, truncated, not an image, too large, empty) gets its
 own error response (HTTP 400 / gRPC INVALID_ARGUMENT, with the VitrtError text) and the others their
-results. A payload that is base64 text of an image (curl with JSON) is decoded first.
+results. A payload that is base64 text of an image (curl with JSON) is decoded first. A payload larger
+than the config's ``max_image_bytes`` is refused before any decoding (base64 included).
 """
 
 from __future__ import annotations
@@ -24,17 +25,33 @@ import triton_python_backend_utils as pb_utils
 _BASE64 = re.compile(rb"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 
 
-def payload_bytes(value) -> bytes:
-    """The encoded image in one BYTES element: raw file bytes, or base64 text of them (a data: URL too)."""
+def payload_bytes(value, max_bytes: int | None = None) -> bytes:
+    """The encoded image in one BYTES element: raw file bytes, or base64 text of them (a data: URL too).
+    Over ``max_bytes`` (after base64 decoding; its text is 4/3 as long) it is refused before decoding."""
     data = bytes(value)
+    if max_bytes is not None and len(data) > max_bytes:
+        # base64 text of an image within the cap: 4/3 as long, plus line breaks (3 %) and a data: prefix
+        text = len(data) <= max_bytes * 4 // 3 * 103 // 100 + 100 and (data.startswith(b"data:") or _BASE64.match(data[:4096]))
+        if not text:
+            raise _too_large(len(data), max_bytes)
     if data.startswith(b"data:") and b";base64," in data[:100]:
         data = data.split(b",", 1)[1]
     elif not _BASE64.match(data[:4096]) or len(data) < 8:
         return data
     try:
-        return base64.b64decode(data, validate=False)
+        data = base64.b64decode(data, validate=False)
     except (binascii.Error, ValueError):
         return data
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _too_large(len(data), max_bytes)
+    return data
+
+
+def _too_large(n: int, cap: int):
+    from vitrt.errors import ImageError
+
+    return ImageError(f"image payload of {n} bytes is larger than this server's cap of {cap} bytes "
+                      "(vitrt serve --max-image-bytes); refused before decoding; expected an encoded image within the cap")
 
 
 class TritonPythonModel:
@@ -46,6 +63,8 @@ class TritonPythonModel:
         artifact = Path(params["artifact"])
         if not artifact.is_absolute():
             artifact = Path(args["model_repository"]) / args["model_version"] / artifact
+        artifact = artifact.resolve()  # vitrt serve links the artifact in: its companions are beside the original
+        self.max_bytes = int(params.get("max_image_bytes") or 0) or None
         kwargs = {"max_pixels": int(params["max_pixels"])} if params.get("max_pixels") else {}
         self.engine = vitrt.Engine(artifact, **kwargs)
         self.errors = (vitrt.VitrtError,)
@@ -61,7 +80,7 @@ class TritonPythonModel:
 
     def _crop(self, value):
         try:
-            return self.engine.preprocess(payload_bytes(value))
+            return self.engine.preprocess(payload_bytes(value, self.max_bytes))
         except self.errors as exc:
             return exc
 

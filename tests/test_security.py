@@ -1,0 +1,168 @@
+"""vitrt/serving/security.py and vitrt/serving/triton_home.py without a running server: the table of
+vulnerable releases, the exposure rule, the admin token, the flags, and where Triton is found. The
+servers that enforce them are probed in tests/test_serve.py."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from vitrt.errors import BackendError, InputError
+from vitrt.serving import security, triton_home
+from vitrt.serving.security import FIXES, MIN_SAFE_NGC, MIN_SAFE_VERSION, check_exposure, vulnerable
+
+
+def test_the_table_in_both_numbering_schemes():
+    """One row per fixing release, ordered, in NGC YY.MM and Triton 2.x, both growing together."""
+    ngc = [security._key(r[0]) for r in FIXES]
+    v2 = [security._key(r[1]) for r in FIXES]
+    assert ngc == sorted(ngc) and v2 == sorted(v2) and len(set(ngc)) == len(FIXES)
+    assert all(r[2] and all(c.startswith("CVE-20") for c in r[2]) for r in FIXES)
+    assert (MIN_SAFE_NGC, MIN_SAFE_VERSION) == (FIXES[-1][0], FIXES[-1][1]) == ("26.06", "2.70.0")
+
+
+@pytest.mark.parametrize("version, ngc, unfixed", [
+    ("2.51.0", "24.10", 4),  # nvidia-pytriton 0.7.0's binary
+    ("2.51.0", None, 4),
+    ("2.59.1", None, 3), ("2.60.0", "25.08", 2), ("2.69.0", "26.05", 1),
+    ("2.70.0", "26.06", 0), ("2.73.0", None, 0), (None, "26.11", 0),
+    (None, None, 4),  # an unknown release is treated as the oldest
+])
+def test_vulnerable_releases(version, ngc, unfixed):
+    assert len(vulnerable(version, ngc)) == unfixed
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_a_vulnerable_triton_on_loopback_starts_with_one_warning(host):
+    warning = check_exposure(host, "2.51.0", "24.10")
+    assert warning.startswith("warning: Triton 2.51.0 (NGC 24.10) predates NGC 26.06 (2.70.0)") and "\n" not in warning
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "192.0.2.1", "vitrt.example.com", "localhost.evil"])
+def test_a_vulnerable_triton_on_any_other_address_is_refused(host):
+    with pytest.raises(BackendError) as info:
+        check_exposure(host, "2.51.0", "24.10")
+    msg = str(info.value)
+    assert f"refusing to bind Triton 2.51.0 (NGC 24.10) to {host}" in msg
+    for row in FIXES:
+        assert all(c in msg for c in row[2])
+    assert "26.06-py3" in msg and "--triton-home" in msg and "--allow-vulnerable-triton" in msg
+    assert check_exposure(host, "2.51.0", "24.10", allow_vulnerable=True).startswith("warning:")  # on record
+    assert check_exposure(host, "2.70.0", "26.06") is None  # patched: no word
+
+
+def test_restricted_flags_close_every_admin_group_behind_one_header():
+    flags = security.restricted_flags("t" * 43)
+    rule = "shared-memory,model-repository,statistics,trace,logging:vitrt-admin-key=" + "t" * 43
+    assert flags == [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+    assert security.GRPC_HEADER == "triton-grpc-protocol-vitrt-admin-key"
+    # open by design: inference, health, metadata, and the config (vitrt.Client reads it)
+    assert not {"inference", "health", "metadata", "model-config"} & set(security.RESTRICTED)
+
+
+def test_token_from_the_environment_or_a_new_0600_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    a, path = security.server_token()
+    assert path == tmp_path / "run" / "vitrt" / "admin-token" == security.token_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.read_text().strip() == a and len(a) >= 40
+    b, _ = security.server_token()
+    assert b != a and path.read_text().strip() == b  # a new one per start
+    assert not list(path.parent.glob(".*tmp*"))  # written beside, renamed into place
+    assert security.client_token() == b  # the file
+    monkeypatch.setenv("VITRT_ADMIN_TOKEN", "from-a-kubernetes-secret-0123")
+    assert security.server_token() == ("from-a-kubernetes-secret-0123", None)
+    assert security.client_token() == "from-a-kubernetes-secret-0123"  # the environment before the file
+    assert security.client_token("explicit") == "explicit"  # the argument before both
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert security.token_file() == Path.home() / ".cache" / "vitrt" / "admin-token"
+
+
+@pytest.mark.parametrize("bad", ["short", "has space in it 0123456789", "comma,breaks:the=flag-0123456789"])
+def test_an_unusable_token_is_refused_without_showing_it(bad, monkeypatch):
+    monkeypatch.setenv("VITRT_ADMIN_TOKEN", bad)
+    with pytest.raises(InputError) as info:
+        security.server_token()
+    assert bad not in str(info.value) and "$VITRT_ADMIN_TOKEN" in str(info.value)
+
+
+# --- where Triton is found (vitrt/serving/triton_home.py) ---------------------------------------------
+
+
+def _fake_home(root: Path, layout: str) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "tritonserver").write_text("#!/bin/sh\n")
+    (root / "backends" / "python").mkdir(parents=True)
+    if layout == "ngc":
+        (root / "backends" / "python" / "triton_python_backend_stub").write_text("")
+    else:
+        (root / "python_backend_stubs" / "3.11").mkdir(parents=True)
+    return root
+
+
+def test_the_order_triton_is_looked_for_in(tmp_path, monkeypatch):
+    given, env_home, ngc = (_fake_home(tmp_path / n, "ngc") for n in ("given", "env", "opt"))
+    monkeypatch.setenv("VITRT_TRITON_HOME", str(env_home))
+    t = triton_home.locate(given, ngc_home=ngc)
+    assert (t.home, t.layout, t.found_by) == (given, "ngc", "--triton-home")
+    t = triton_home.locate(None, ngc_home=ngc)
+    assert (t.home, t.found_by) == (env_home, "$VITRT_TRITON_HOME")
+    monkeypatch.delenv("VITRT_TRITON_HOME")
+    t = triton_home.locate(None, ngc_home=ngc)
+    assert (t.home, t.found_by, t.bundled) == (ngc, str(ngc), False)
+    assert t.backend_dir(tmp_path / "unused") == ngc / "backends"  # NGC's own stub, no numpy rule
+    with pytest.raises(BackendError, match="'/nowhere' is not a Triton installation; expected bin/tritonserver"):
+        triton_home.locate("/nowhere", ngc_home=ngc)
+
+
+def test_the_release_comes_from_ngcs_variables_the_wheels_version_or_a_probe(tmp_path):
+    ngc = _fake_home(tmp_path / "opt", "ngc")
+    t = triton_home.identify(triton_home.Triton(ngc, "ngc", str(ngc)),
+                             {"NVIDIA_TRITON_SERVER_VERSION": "26.06", "TRITON_SERVER_VERSION": "2.70.0"}, ngc_home=ngc)
+    assert (t.ngc, t.version, t.version_from) == ("26.06", "2.70.0", "the NGC container's environment")
+    bundled = triton_home.Triton(tmp_path, "pytriton", "nvidia-pytriton 0.7.0")
+    t = triton_home.identify(bundled, {}, ngc_home=ngc)
+    assert (t.version, t.ngc) == ("2.51.0", "24.10") and "bundled release" in t.version_from
+    # a Triton elsewhere with NGC's variables set is not trusted on them: it is probed (here: a fake that
+    # cannot answer, so the probe's error says so)
+    other = _fake_home(tmp_path / "other", "ngc")
+    (other / "bin" / "tritonserver").chmod(0o755)
+    with pytest.raises(BackendError, match="did not answer GET /v2 on loopback"):
+        triton_home.identify(triton_home.Triton(other, "ngc", "--triton-home"),
+                             {"NVIDIA_TRITON_SERVER_VERSION": "26.06", "PATH": os.environ["PATH"]}, ngc_home=ngc)
+
+
+def _real_bundled() -> Path:
+    from benchmarks.serve_process import serve_python
+
+    python = serve_python()
+    if python is None:
+        pytest.skip("no serving venv (`make test` builds .venv-serve)")
+    return next(Path(python).parents[1].glob("lib/python3*/site-packages/pytriton/tritonserver"))
+
+
+def test_the_real_bundled_binary_probes_as_2_51_and_lacks_the_size_flag():
+    """The probe for real (GET /v2 on loopback), and the option check by --help: 2.51 has the restricted
+    APIs but not --http-max-input-size, which vitrt serve passes only where the binary lists it."""
+    home = _real_bundled()
+    assert triton_home.probe_version(home / "bin" / "tritonserver") == "2.51.0"
+    t = triton_home.Triton(home, "pytriton", "nvidia-pytriton 0.7.0")
+    assert t.has_option("--http-restricted-api") and t.has_option("--grpc-restricted-protocol")
+    assert not t.has_option("--http-max-input-size")
+
+
+def test_the_command_line_carries_the_restrictions_hardening_and_size_limit_where_known(tmp_path):
+    from vitrt.serving.server import command
+
+    t = triton_home.Triton(tmp_path, "ngc", "--triton-home")
+    kw = dict(host="127.0.0.1", http_port=1, grpc_port=2, metrics_port=3, grace=5, triton=t, token="x" * 43)
+    t._help = "  --http-max-input-size <integer>\n"  # a release that has the flag (26.x): what --help would list
+    cmd = command(tmp_path / "repo", tmp_path / "backends", **kw)
+    assert set(security.HARDENING) <= set(cmd) and set(security.restricted_flags("x" * 43)) <= set(cmd)
+    assert f"--http-max-input-size={64 * 2**20}" in cmd
+    t._help = ""
+    assert not [c for c in command(tmp_path / "repo", tmp_path / "backends", **kw) if "max-input-size" in c]

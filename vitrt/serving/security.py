@@ -1,0 +1,153 @@
+"""What keeps ``vitrt serve`` safe on a network: Triton's admin APIs behind one token, hardening flags,
+and the Triton releases known to be exploitable from the network (docs/serving.md, "Security").
+
+- **Admin APIs** (system and CUDA shared memory, model repository, statistics, trace, logging) are
+  restricted over HTTP and gRPC with Triton's own ``--http-restricted-api`` / ``--grpc-restricted-protocol``:
+  a call without the header ``vitrt-admin-key: TOKEN`` gets HTTP 403 / gRPC UNAVAILABLE. Inference,
+  model metadata and config, health and metrics stay open. The Python backend's shared-memory segments
+  are the target of CVE-2025-23320 -> 23319 -> 23334 (register the segment, then read and write it
+  through inference): the restriction is what closes it on every Triton release.
+- **The token**: ``$VITRT_ADMIN_TOKEN`` (a deployment passes it from a Secret), else a random one per
+  start, written with mode 0600 to :func:`token_file`. It is never printed or logged; Triton takes it on
+  its command line, so local users see it in the process list (run the server in a container).
+- **Known-vulnerable Triton**: :data:`FIXES` lists, per NVIDIA's security bulletins, the releases that
+  fixed a network-reachable CVE; a Triton older than the newest of them is refused on any address but
+  loopback unless the operator says a gateway stands in front (``--allow-vulnerable-triton``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from pathlib import Path
+
+from ..errors import BackendError, InputError
+
+ADMIN_HEADER = "vitrt-admin-key"
+TOKEN_ENV = "VITRT_ADMIN_TOKEN"
+#: Triton's API groups closed behind the token (its names; "shared-memory" is system and CUDA shared memory)
+RESTRICTED = ("shared-memory", "model-repository", "statistics", "trace", "logging")
+#: gRPC clients send the header as metadata with Triton's prefix
+GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+#: Accepted by Triton 2.51 with vitrt's Python-backend model (shared/TOOLCHAIN-NOTES.md): no model
+#: loading or unloading over the network, no SageMaker / Vertex AI listeners, no tracing, quiet logs.
+HARDENING = ("--model-control-mode=none", "--allow-sagemaker=false", "--allow-vertex-ai=false",
+             "--trace-config=level=off", "--log-verbose=0")
+#: ``--http-max-input-size`` where the Triton release has it (2.51 does not): Triton's own default, 64 MiB
+MAX_HTTP_INPUT_BYTES = 64 * 2**20
+
+#: Triton releases that fixed a network-reachable CVE, as NVIDIA's security bulletins list them
+#: (https://www.nvidia.com/en-us/security/, product "Triton Inference Server"), in both numbering
+#: schemes: the NGC container release YY.MM and the server's own 2.x (which `GET /v2` reports). The 2.x
+#: of each release is from Triton's release notes
+#: (https://docs.nvidia.com/deeplearning/triton-inference-server/release-notes/rel-YY-MM.html): 24.10 is
+#: 2.51.0 (measured: the nvidia-pytriton 0.7.0 binary's `GET /v2`), 25.07 is 2.59.1, later months one
+#: minor release each (26.05 is 2.69.0). Earlier fixes (25.05, 25.06) are older than 25.07 and need no row.
+FIXES = (
+    ("25.07", "2.59.1", ("CVE-2025-23310", "CVE-2025-23311", "CVE-2025-23317", "CVE-2025-23319", "CVE-2025-23320",
+                         "CVE-2025-23334"), "chunked-request stack overflow (crash, RCE); shared-memory leak to RCE chain"),
+    ("25.08", "2.60.0", ("CVE-2025-23316",), "RCE through the model name in the model-control APIs (CVSS 9.8)"),
+    ("26.03", "2.67.0", ("CVE-2026-24207",), "authentication bypass (CVSS 9.8)"),
+    ("26.06", "2.70.0", ("CVE-2026-47627",), "CVSS 9.8"),
+)
+MIN_SAFE_NGC, MIN_SAFE_VERSION = FIXES[-1][0], FIXES[-1][1]
+
+
+def _key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def vulnerable(version: str | None = None, ngc: str | None = None) -> list[tuple[str, str, tuple, str]]:
+    """The rows of :data:`FIXES` that ``version`` (2.x) or ``ngc`` (YY.MM, preferred) predates."""
+    if ngc:
+        return [row for row in FIXES if _key(ngc) < _key(row[0])]
+    if version:
+        return [row for row in FIXES if _key(version) < _key(row[1])]
+    return list(FIXES)  # unknown: assume the worst
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: where it resolves is not ours to assume
+        return False
+
+
+def check_exposure(host: str, version: str | None, ngc: str | None, allow_vulnerable: bool = False) -> str | None:
+    """Refuse (BackendError) to bind a known-vulnerable Triton to ``host`` unless it is loopback or
+    ``allow_vulnerable``; returns the one-line warning to print, or None for a patched Triton."""
+    rows = vulnerable(version, ngc)
+    if not rows:
+        return None
+    cves = sorted({c for row in rows for c in row[2]})
+    name = f"Triton {version or '?'}" + (f" (NGC {ngc})" if ngc else "")
+    if is_loopback(host):
+        return (f"warning: {name} predates NGC {MIN_SAFE_NGC} ({MIN_SAFE_VERSION}) and has {len(cves)} known "
+                f"network-reachable CVEs; it is bound to loopback ({host}) only")
+    if allow_vulnerable:
+        return (f"warning: {name} has known network-reachable CVEs ({', '.join(cves)}) and is bound to {host} "
+                "with --allow-vulnerable-triton: the gateway in front must authenticate clients and buffer request bodies")
+    raise BackendError(
+        f"refusing to bind {name} to {host}: releases before NGC {MIN_SAFE_NGC} ({MIN_SAFE_VERSION}) have known "
+        f"network-reachable vulnerabilities ({', '.join(cves)}); expected a patched Triton: NVIDIA's tritonserver "
+        f"container {MIN_SAFE_NGC}-py3 or later (deploy/Dockerfile), or --triton-home PATH to one; or bind loopback "
+        "(--host 127.0.0.1); or --allow-vulnerable-triton if a gateway stands in front (docs/serving.md, \"Security\")")
+
+
+def token_file() -> Path:
+    """Where a generated token is written: ``$XDG_RUNTIME_DIR/vitrt/admin-token``, else ``~/.cache/vitrt/admin-token``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path.home() / ".cache"
+    return base / "vitrt" / "admin-token"
+
+
+def check_token(token: str, where: str) -> str:
+    """A token Triton's flag syntax can carry (it splits on ',', ':' and '='); the message never shows it."""
+    if len(token) < 16 or not re.fullmatch(r"[A-Za-z0-9._~+/-]+", token):
+        raise InputError(f"the admin token in {where} has {len(token)} characters, or characters Triton's "
+                         "--http-restricted-api cannot carry; expected 16 or more of A-Z a-z 0-9 . _ ~ + / -")
+    return token
+
+
+def server_token() -> tuple[str, Path | None]:
+    """(token, file): ``$VITRT_ADMIN_TOKEN`` (file None), else a new random token written to
+    :func:`token_file` with mode 0600 (created that way, then renamed into place)."""
+    named = os.environ.get(TOKEN_ENV)
+    if named:
+        return check_token(named, f"${TOKEN_ENV}"), None
+    token = secrets.token_urlsafe(32)
+    path = token_file()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (token + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return token, path
+
+
+def client_token(explicit: str | None = None) -> str | None:
+    """The token a client sends: the argument, else ``$VITRT_ADMIN_TOKEN``, else :func:`token_file`'s
+    content where this user can read it; None when there is none."""
+    if explicit:
+        return explicit
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    try:
+        return token_file().read_text().strip() or None
+    except OSError:
+        return None
+
+
+def restricted_flags(token: str) -> list[str]:
+    """Triton's flags that close :data:`RESTRICTED` over HTTP and gRPC (the separator before the header
+    must be a colon: 2.51 rejects the comma form its --help shows)."""
+    rule = f"{','.join(RESTRICTED)}:{ADMIN_HEADER}={token}"
+    return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
