@@ -10,6 +10,10 @@ SERVE_VENV ?= .venv-serve
 SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_ARGS ?=
 WEIGHTS  ?= hub
+# MODEL: a timm model name (empty: the checkpoint folder's, else vit_base_patch16_384.augreg_in21k_ft_in1k);
+# CLASS_NAMES: a file of class names (README, "Your own model")
+MODEL    ?=
+CLASS_NAMES ?=
 SEED     ?= 0
 ARTIFACTS ?= artifacts
 NAME     ?= b16_384
@@ -41,6 +45,10 @@ PLAN_MAX_BATCH ?=
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
 
+# make parity / make bench rebuild the PyTorch reference from the checkpoint WEIGHTS= names (the artifacts'
+# metadata keeps its name and sha256, not its path)
+CHECKPOINT_ARG = $(if $(filter-out hub random,$(WEIGHTS)),--weights '$(WEIGHTS)')
+
 .PHONY: engine test venv serve-venv serve triton parity bench bench-batch bench-serve clean
 
 venv: $(VENV)/.installed
@@ -67,6 +75,7 @@ $(VENV)/.tensorrt: $(VENV)/.installed
 
 engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
 	$(PY) -m export --weights '$(WEIGHTS)' --seed $(SEED) --output-dir '$(ARTIFACTS)' --name '$(NAME)' \
+	  $(if $(MODEL),--model '$(MODEL)') $(if $(CLASS_NAMES),--class-names '$(CLASS_NAMES)') \
 	  --precision '$(PRECISION)' --plan '$(PLAN)' \
 	  $(if $(TRT),--trt '$(TRT)') $(if $(TARGETS),--targets '$(TARGETS)') \
 	  $(if $(CALIB_METHOD),--calib-method '$(CALIB_METHOD)') \
@@ -85,12 +94,12 @@ triton: venv
 
 # Accuracy parity of every artifact in $(ARTIFACTS) vs timm's PyTorch FP32 -> reports/parity.{json,md,png}
 parity: venv
-	$(PY) -m benchmarks.parity --artifacts '$(ARTIFACTS)' $(if $(IMAGES),--images '$(IMAGES)') $(if $(LABELS),--labels '$(LABELS)')
+	$(PY) -m benchmarks.parity --artifacts '$(ARTIFACTS)' $(if $(IMAGES),--images '$(IMAGES)') $(if $(LABELS),--labels '$(LABELS)') $(CHECKPOINT_ARG)
 
 # Latency/throughput of every backend side by side -> reports/bench.{json,md,png}; QUICK=0 for the full sweep
 bench: venv
 	$(PY) -m benchmarks.preprocess --out reports
-	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(CHECKPOINT_ARG) $(BENCH_ARGS)
 
 # Batch-job benchmark: end to end vs model-only vs a naive loop, stage split, defaults -> reports/batch.{json,md}
 bench-batch: venv

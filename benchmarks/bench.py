@@ -132,7 +132,7 @@ def torch_device() -> str:
 
 
 def peers(artifacts: list[Path], threads: int, include_compile: bool = True, folder: Path | None = None,
-          skipped: dict | None = None) -> list:
+          skipped: dict | None = None, weights: str | None = None) -> list:
     """PyTorch eager, autocast and torch.compile (same weights as the artifacts); on a CPU, the CPU peers
     (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks for it, and on a CPU the
     int8-cpu and fp32 ONNX on the other CPU runtime too. ``skipped`` receives the rows left out, with why."""
@@ -142,7 +142,7 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True, fol
     import torch
 
     onnx = next(p for p in artifacts if p.suffix == ".onnx")
-    model, meta = reference_model(onnx)
+    model, meta = reference_model(onnx, weights)
     data_config = timm.data.resolve_model_data_config(model)
     device = torch_device()
     skipped = {} if skipped is None else skipped
@@ -186,7 +186,7 @@ def _cpu_default(folder: Path) -> Path | None:
 
 def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, batches: list[int] | None = None,
         seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True,
-        only: list[str] | None = None, rounds: int | None = None) -> dict:
+        only: list[str] | None = None, rounds: int | None = None, weights: str | None = None) -> dict:
     import torch
 
     from vitrt.errors import ArtifactError
@@ -214,7 +214,7 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
     if not any(p.suffix == ".onnx" for p in artifacts):
         raise ArtifactError(f"no vitrt artifacts in {artifacts_dir}; build them with `make engine`")
     skipped: dict[str, str] = {}
-    runners = peers(artifacts, threads, include_compile, folder=Path(artifacts_dir), skipped=skipped)
+    runners = peers(artifacts, threads, include_compile, folder=Path(artifacts_dir), skipped=skipped, weights=weights)
     jpegs = [data for _, data in make_jpegs()]
     rng = np.random.default_rng(0)
     import vitrt
@@ -261,7 +261,7 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
               "baseline": base, "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python -m benchmarks.bench"] + sys.argv[1:])}
     if default is not None:
-        macs = standing.vit_macs(reference_model(default.engine.path)[0])
+        macs = standing.vit_macs(reference_model(default.engine.path, weights)[0])
         report["limit"] = {b: standing.limit(results["model"][default.name][b]["img_s"], macs, threads)
                            for b in results["model"][default.name]}
     md = to_markdown(report)
@@ -364,12 +364,15 @@ def main(argv=None) -> int:
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="FILES",
                    help="comma-separated artifact file names to time (default: every artifact found)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="the checkpoint the artifacts were built from, where it was a file or folder (their metadata "
+                        "keeps its name and sha256, not its path) (default: none: hub or random weights)")
     args = p.parse_args(argv)
     from vitrt.errors import VitrtError
 
     try:
         run(args.artifacts, quick=not args.full, threads=args.threads, batches=args.batches, seconds=args.seconds,
-            include_compile=args.compile, out=args.out, only=args.only, rounds=args.rounds)
+            include_compile=args.compile, out=args.out, only=args.only, rounds=args.rounds, weights=args.weights)
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -32,22 +32,29 @@ def find_artifacts(folder: Path, with_plans: bool | None = None) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def reference_model(artifact: Path):
-    """The PyTorch FP32 model the artifacts were built from (weights per their metadata), in eval mode."""
-    from export.weights import load_model
+def reference_model(artifact: Path, weights: str | None = None):
+    """The PyTorch FP32 model the artifacts were built from, in eval mode: the weights per their metadata
+    (hub or seeded random), or the checkpoint at ``weights`` (the metadata names its file and sha256, not
+    its path: ``--weights`` / ``WEIGHTS=``), checked against that sha256."""
+    from export.weights import load
+    from vitrt.errors import BuildError
     from vitrt.metadata import Metadata
 
     meta = Metadata.from_onnx(artifact).data
     w = meta["weights"]
-    source = {"hub": "hub", "random": "random"}.get(w["source"], w.get("path"))
-    model, prov = load_model(meta["model"]["name"], source, seed=w.get("seed") or 0,
-                             model_kwargs=meta["model"].get("kwargs") or None)
-    if w.get("sha256") and prov.get("sha256") != w["sha256"]:
-        from vitrt.errors import BuildError
-
-        raise BuildError(f"the weights at {source} (sha256 {prov.get('sha256')}) are not the ones {artifact.name} was "
-                         f"built from ({w['sha256']}): the reference would not be the artifact's model")
-    return model, meta
+    if w["source"] in ("hub", "random"):
+        source = w["source"]
+    elif weights in (None, "", "hub", "random"):
+        raise BuildError(f"{artifact.name} was built from the checkpoint {w.get('file')} (sha256 "
+                         f"{str(w.get('sha256'))[:16]}...), whose path its metadata does not keep; expected that "
+                         "checkpoint: --weights PATH (make parity/bench WEIGHTS=PATH)")
+    else:
+        source = weights
+    loaded = load(meta["model"]["name"], source, seed=w.get("seed") or 0, model_kwargs=meta["model"].get("kwargs") or None)
+    if w.get("sha256") and loaded.provenance.get("sha256") != w["sha256"]:
+        raise BuildError(f"the weights at {source} (sha256 {loaded.provenance.get('sha256')}) are not the ones "
+                         f"{artifact.name} was built from ({w['sha256']}): the reference would not be the artifact's model")
+    return loaded.model, meta
 
 
 def machine_info() -> dict[str, Any]:

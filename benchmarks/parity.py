@@ -42,9 +42,9 @@ def synthetic_images(n: int, seed: int = 1) -> list[tuple[str, bytes]]:
     return out
 
 
-def read_labels(images: Path, labels: Path | None) -> dict[str, int]:
-    """file (relative to ``images``) -> ImageNet class index, from a CSV ``file,class_index`` or from
-    ImageNet-style class folders (WordNet ids like n02123045, or class indices)."""
+def read_labels(images: Path, labels: Path | None, class_names: list[str] | None = None) -> dict[str, int]:
+    """file (relative to ``images``) -> class index, from a CSV ``file,class_index`` or from class folders
+    named by the artifact's own class names (a fine-tune's), WordNet ids (n02123045) or class indices."""
     from vitrt.errors import InputError
     from vitrt.labels import imagenet_synsets
 
@@ -58,7 +58,7 @@ def read_labels(images: Path, labels: Path | None) -> dict[str, int]:
                     raise InputError(f"{labels}: row {row!r}; expected 'file,class_index'")
                 out[row[0].strip()] = int(row[1])
         return out
-    synsets = {s: i for i, s in enumerate(imagenet_synsets())}
+    synsets = {s: i for i, s in enumerate(class_names or imagenet_synsets())}
     for folder in sorted(p for p in images.iterdir() if p.is_dir()):
         name = folder.name
         if name in synsets:
@@ -66,8 +66,9 @@ def read_labels(images: Path, labels: Path | None) -> dict[str, int]:
         elif name.isdigit():
             index = int(name)
         else:
-            raise InputError(f"class folder {name!r} is neither a WordNet id (n02123045) nor a class index; "
-                             "expected ImageNet-style folders, or LABELS=file.csv with 'file,class_index' rows")
+            raise InputError(f"class folder {name!r} is neither " + ("one of the artifact's class names" if class_names
+                             else "a WordNet id (n02123045)") + " nor a class index; expected class folders named so, "
+                             "or LABELS=file.csv with 'file,class_index' rows")
         for p in sorted(folder.rglob("*")):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 out[p.relative_to(images).as_posix()] = index
@@ -75,7 +76,7 @@ def read_labels(images: Path, labels: Path | None) -> dict[str, int]:
 
 
 def image_set(images: Path | None = None, labels: Path | None = None, limit: int | None = None,
-              synthetic: int = 8) -> list[dict[str, Any]]:
+              synthetic: int = 8, class_names: list[str] | None = None) -> list[dict[str, Any]]:
     """Items ``{"name", "data" (bytes), "label" (int or None)}``. Default: builtin photos + synthetic."""
     items: list[dict[str, Any]] = []
     if images is None:
@@ -85,7 +86,8 @@ def image_set(images: Path | None = None, labels: Path | None = None, limit: int
         items += [{"name": n, "data": d, "label": None} for n, d in synthetic_images(synthetic)]
         return items[:limit] if limit else items
     images = Path(images).expanduser()
-    label_map = read_labels(images, labels) if (labels is not None or any(p.is_dir() for p in images.iterdir())) else {}
+    label_map = (read_labels(images, labels, class_names)
+                 if (labels is not None or any(p.is_dir() for p in images.iterdir())) else {})
     files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if label_map:
         files = [p for p in files if p.relative_to(images).as_posix() in label_map]
@@ -180,7 +182,10 @@ def to_markdown(result: dict) -> str:
     head = (f"Parity vs PyTorch FP32 ({meta['model']}, weights: {meta['weights']}), {meta['images']} images "
             f"({meta['image_set']}), {meta['date']}, {meta['machine']['cpu']}"
             + (f", {meta['machine']['gpu']['name']}" if "gpu" in meta["machine"] else ""))
-    return head + "\n\n" + markdown_table(header, rows)
+    top1 = result.get("reference_top1") or {}
+    shown = "\n".join(f"- {name}: {label}" for name, label in list(top1.items())[:20])
+    return head + "\n\n" + markdown_table(header, rows) + (
+        f"\n\nPyTorch FP32's top-1 class per image (the artifact's class names):\n\n{shown}" if shown else "")
 
 
 def figure(result: dict, names: list[str]):
@@ -205,15 +210,18 @@ def figure(result: dict, names: list[str]):
 
 
 def run(artifacts: Path, images: Path | None = None, labels: Path | None = None, limit: int | None = None,
-        synthetic: int = 8, out: Path = REPORTS, progress: bool = True) -> dict:
+        synthetic: int = 8, out: Path = REPORTS, progress: bool = True, weights: str | None = None) -> dict:
     from vitrt.errors import ArtifactError
 
     found = find_artifacts(artifacts)
     onnx = [p for p in found if p.suffix == ".onnx"]
     if not onnx:
         raise ArtifactError(f"no vitrt artifacts in {artifacts}; build them with `make engine`")
-    model, meta = reference_model(onnx[0])
-    items = image_set(images, labels, limit, synthetic)
+    model, meta = reference_model(onnx[0], weights)
+    from vitrt.metadata import Metadata
+
+    names = Metadata(meta).labels
+    items = image_set(images, labels, limit, synthetic, class_names=meta.get("class_names"))
     if not items:
         raise ArtifactError(f"no images found in {images}")
     t0 = time.perf_counter()
@@ -223,6 +231,8 @@ def run(artifacts: Path, images: Path | None = None, labels: Path | None = None,
         outputs, backend, precision = candidate_outputs(path, items, progress=progress)
         candidates[path.name] = {"outputs": outputs, "backend": backend, "precision": precision}
     result = evaluate(reference, candidates, [it["label"] for it in items])
+    # what the PyTorch reference calls each image, in the artifact's own class names
+    result["reference_top1"] = {it["name"]: names[int(i)] for it, i in zip(items, np.argmax(reference["logits"], axis=1))}
     w = meta["weights"]
     result["meta"] = {"model": meta["model"]["name"], "weights": w["source"] + (f" seed {w.get('seed')}" if w["source"] == "random" else ""),
                       "images": len(items), "image_set": str(images) if images else "builtin photos + synthetic",
@@ -245,11 +255,14 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="use at most this many images, evenly spaced (default: all)")
     p.add_argument("--synthetic", type=int, default=8, help="synthetic images in the default set (default: %(default)s)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="the checkpoint the artifacts were built from, where it was a file or folder: their "
+                        "metadata keeps its name and sha256, not its path (default: none: hub or random weights)")
     args = p.parse_args(argv)
     from vitrt.errors import VitrtError
 
     try:
-        run(args.artifacts, args.images, args.labels, args.limit, args.synthetic, args.out)
+        run(args.artifacts, args.images, args.labels, args.limit, args.synthetic, args.out, weights=args.weights)
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

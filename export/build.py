@@ -28,10 +28,11 @@ VARIANTS = ("fp16", "int8", "fp8", "int8-cpu")  # in build order; "all" is every
 
 @dataclasses.dataclass
 class BuildOptions:
-    model: str = D.MODEL
+    model: str | None = None  # None: the checkpoint folder's architecture, else defaults.MODEL
     weights: str = "hub"
     seed: int = 0
     model_kwargs: dict | None = None
+    class_names: str | None = None  # a file: text, JSON list or object, or a config.json (export/checkpoints.py)
     output_dir: Path = Path(D.OUTPUT_DIR)
     name: str = D.NAME
     input_format: str = "uint8"
@@ -109,21 +110,38 @@ class _Context:
 
         from .graph import ImageModel
         from .onnx_export import build_metadata, recipe
-        from .weights import load_model
+        from .weights import load
 
         self.opts, self.log = opts, log
-        self.model, self.provenance = load_model(opts.model, opts.weights, seed=opts.seed,
-                                                 model_kwargs=opts.model_kwargs)
+        loaded = load(opts.model, opts.weights, seed=opts.seed, model_kwargs=opts.model_kwargs, default_model=D.MODEL)
+        self.model, self.provenance = loaded.model, loaded.provenance
+        self.model_name, self.model_kwargs = loaded.model_name, loaded.model_kwargs
         if self.provenance["source"] == "random":
             log(f"WARNING: building with random weights (seed {opts.seed}); the artifact's predictions are meaningless")
+        elif self.model_kwargs != (opts.model_kwargs or {}):
+            log(f"{self.model_name} with {self.model_kwargs} (from the checkpoint)")
+        self.class_names = self._class_names(loaded.class_names)
         self.data_config = timm.data.resolve_model_data_config(self.model)
         self.size = tuple(int(v) for v in self.data_config["input_size"][-2:])
         self.wrapper = ImageModel(self.model, self.data_config, opts.input_format, opts.tokens).eval()
-        self.fp32_meta = build_metadata(self.model, self.data_config, self.provenance, model_name=opts.model,
-                                        model_kwargs=opts.model_kwargs, input_format=opts.input_format,
-                                        tokens=opts.tokens, opset=opts.opset, max_batch=opts.max_batch)
+        self.fp32_meta = build_metadata(self.model, self.data_config, self.provenance, model_name=self.model_name,
+                                        model_kwargs=self.model_kwargs, input_format=opts.input_format,
+                                        tokens=opts.tokens, opset=opts.opset, max_batch=opts.max_batch,
+                                        class_names=self.class_names)
         self.fp32_recipe = recipe(self.fp32_meta)
         self._reference: tuple[dict, dict] | None = None
+
+    def _class_names(self, from_checkpoint: list[str] | None) -> list[str] | None:
+        """CLASS_NAMES= over the checkpoint's own names; one per class of the model's head."""
+        from .checkpoints import read_class_names
+
+        names = read_class_names(self.opts.class_names) if self.opts.class_names else from_checkpoint
+        n = int(self.model.num_classes)
+        if names is not None and len(names) != n:
+            where = f"CLASS_NAMES {Path(self.opts.class_names).name}" if self.opts.class_names else "the checkpoint's config"
+            raise BuildError(f"{where} has {len(names)} names and the model's head {n} classes; expected one name per "
+                             "class, in the head's order")
+        return names
 
     @property
     def random_weights(self) -> bool:
@@ -155,7 +173,7 @@ class _Context:
             images = gate.image_set(size=self.size)
             inputs, outputs = gate.reference_outputs(self.wrapper, self.data_config, images)
             save_reference(path, inputs, outputs, {
-                "recipe": self.fp32_recipe, "weights": self.provenance, "model": self.opts.model,
+                "recipe": self.fp32_recipe, "weights": self.provenance, "model": self.model_name,
                 "photos": [p.name for p in images["photos"]],
                 "synthetic": "export.images.synthetic_batch(12, seed 0): noise, gradients, blocks",
                 "reference": "PyTorch FP32; photos through timm's eval transform"})
@@ -204,10 +222,10 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
     if not opts.force and up_to_date(fp32, ctx.fp32_recipe, _onnx_recipe):
         log(f"{fp32} is up to date (same model, weights and graph options); reusing it")
     else:
-        export_onnx(ctx.model, fp32, model_name=opts.model, provenance=ctx.provenance, model_kwargs=opts.model_kwargs,
+        export_onnx(ctx.model, fp32, model_name=ctx.model_name, provenance=ctx.provenance, model_kwargs=ctx.model_kwargs,
                     input_format=opts.input_format, tokens=opts.tokens, opset=opts.opset, max_batch=opts.max_batch,
                     verify=opts.verify, reference=ctx.reference() if opts.verify else None,
-                    extra_metadata=ref_meta, log=log)
+                    extra_metadata=ref_meta, class_names=ctx.class_names, log=log)
         log(f"wrote {fp32}")
     if opts.verify:
         ctx.reference()  # NAME.reference.npz exists after every build, also when everything was reused
@@ -229,8 +247,65 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
     elif opts.plan == "auto":
         log(f"No TensorRT plan: PRECISION={opts.precision} asks for no GPU precision (fp16, int8, fp8); "
             f"PLAN=yes builds {artifacts.plan_path(opts.output_dir, opts.name, 'fp32').name}.")
+    relabel(built, ctx.class_names, log)
     _say_what_serves_here(built, log)
     return built
+
+
+def relabel(built: dict[str, Path], class_names: list[str] | None, log: Callable[[str], None]) -> list[Path]:
+    """Give every artifact of the set ``class_names`` (None: none of its own) where its metadata has other
+    names, without rebuilding any graph or plan: new names on reused artifacts. Each file is rewritten
+    atomically; a rewritten ONNX file has a new sha256, so the recipes of what was made from it (its
+    variants, its plan) are updated to it in the same pass, and they stay up to date. Returns what changed."""
+    import json
+
+    from vitrt.atomic import write_json
+
+    from .onnx_export import rewrite_metadata
+
+    new_sha: dict[str, tuple[str, str]] = {}  # file name -> (old sha256, new sha256) of ONNX files rewritten here
+    changed = []
+
+    def follow(source: dict | None) -> bool:
+        """Point a recorded source (file, sha256) at the rewritten file, if it was the one rewritten."""
+        if source and source.get("file") in new_sha and source.get("sha256") == new_sha[source["file"]][0]:
+            source["sha256"] = new_sha[source["file"]][1]
+            return True
+        return False
+
+    onnx_files = [p for k, p in built.items() if not k.startswith("plan_")]
+    for path in onnx_files:  # fp32 first: the variants record it
+        data = dict(Metadata.from_onnx(path).data)
+        moved = follow(data.get("source_onnx"))
+        recipe = dict(data.get("recipe") or {})
+        if moved and recipe.get("source_sha256") != data["source_onnx"]["sha256"]:
+            recipe["source_sha256"] = data["source_onnx"]["sha256"]
+            data["recipe"] = recipe
+        if data.get("class_names") == class_names and not moved:
+            continue
+        data["class_names"] = class_names
+        old = sha256_file(path)
+        rewrite_metadata(path, data)
+        new_sha[path.name] = (old, sha256_file(path))
+        changed.append(path)
+    for key, plan in built.items():
+        if not key.startswith("plan_"):
+            continue
+        sidecar = artifacts.sidecar_path(plan)
+        data = json.loads(sidecar.read_text("utf-8"))
+        moved = follow(data["plan"].get("source_onnx"))
+        if moved and data.get("recipe"):
+            data["recipe"]["source_sha256"] = data["plan"]["source_onnx"]["sha256"]
+        if data.get("class_names") == class_names and not moved:
+            continue
+        data["class_names"] = class_names
+        Metadata(data, source=str(sidecar))  # validate before writing
+        write_json(sidecar, data)
+        changed.append(sidecar)
+    if changed:
+        log(f"class names {'set' if class_names else 'removed'} in {', '.join(p.name for p in changed)} "
+            "(metadata only: no graph or plan rebuilt)")
+    return changed
 
 
 def _say_what_serves_here(built: dict[str, Path], log: Callable[[str], None]) -> None:

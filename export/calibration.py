@@ -79,7 +79,8 @@ def load_calibration(calib_dir: str | os.PathLike | None, data_config: dict = DE
     digest = hashlib.sha256()
     for p in used:
         digest.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode())
-    prov = {"source": os.fspath(folder.resolve()), "count": len(images), "found": len(found),
+    # the folder's name, not its path: the metadata travels into production (the list's sha256 identifies it)
+    prov = {"source": folder.resolve().name, "count": len(images), "found": len(found),
             "skipped": len(skipped), "list_sha256": digest.hexdigest()}
     if warn_small:
         _warn_small(len(images), log)

@@ -21,10 +21,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("model and weights")
-    g.add_argument("--model", default=D.MODEL, help="timm model name (default: %(default)s)")
+    g.add_argument("--model", default=None,
+                   help=f"timm model name, e.g. vit_small_patch16_384.augreg_in21k_ft_in1k (tested ones: README, "
+                        f"\"Your own model\") (default: a checkpoint folder's own architecture, else {D.MODEL})")
     g.add_argument("--weights", default="hub", metavar="hub|random|PATH",
-                   help="hub: timm's pretrained weights; random: seeded random init (tests, smoke builds); "
-                        "PATH: a local .safetensors/.pth/.bin checkpoint (default: %(default)s)")
+                   help="hub: timm's pretrained weights; random: seeded random init (tests, smoke builds); PATH: a "
+                        ".safetensors/.pth/.bin checkpoint (its head sets the class count), or a Hugging Face ViT "
+                        "or timm checkpoint folder (or its weights file with config.json beside it) "
+                        "(default: %(default)s)")
+    g.add_argument("--class-names", default=None, metavar="FILE",
+                   help="class names: a text file (one a line), a JSON list or object (index -> name), or a Hugging "
+                        "Face config.json (id2label); one per class; changing them rebuilds nothing "
+                        "(default: the checkpoint's, else ImageNet's for 1000 classes, else class_<i>)")
     g.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: %(default)s)")
     g.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
                    help="extra timm.create_model kwargs, e.g. '{\"depth\": 2}' for a small test ViT (default: none)")

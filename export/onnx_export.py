@@ -15,7 +15,8 @@ from .defaults import MAX_BATCH_ONNX, OPSET
 from .graph import ImageModel
 
 def build_metadata(model, data_config: dict, provenance: dict, *, model_name: str, model_kwargs: dict | None,
-                   input_format: str, tokens: bool, opset: int, max_batch: int) -> dict[str, Any]:
+                   input_format: str, tokens: bool, opset: int, max_batch: int,
+                   class_names: list[str] | None = None) -> dict[str, Any]:
     import timm
     import torch
 
@@ -39,7 +40,8 @@ def build_metadata(model, data_config: dict, provenance: dict, *, model_name: st
         "model": {"name": model_name, "kwargs": model_kwargs or {}, "num_classes": int(model.num_classes),
                   "num_features": int(model.num_features)},
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-        "labels": "imagenet-1k" if int(model.num_classes) == 1000 else None,
+        "labels": "imagenet-1k" if int(model.num_classes) == 1000 and not class_names else None,
+        "class_names": class_names,  # a fine-tune's own names (not in the recipe: renaming rebuilds nothing)
         "weights": provenance,
         "precision": "fp32",
         "calibration": None,
@@ -50,6 +52,66 @@ def build_metadata(model, data_config: dict, provenance: dict, *, model_name: st
         "built": {"timm": timm.__version__, "torch": torch.__version__, "python": platform.python_version(),
                   "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
     }
+
+
+def rewrite_metadata(path: str | os.PathLike, metadata: dict) -> None:
+    """Replace the vitrt metadata of the ONNX file at ``path``, atomically, without parsing its graph: the
+    top-level protobuf fields are copied as they are, but for the ``metadata_props`` entry keyed
+    ``vitrt``, which is written anew at the end (field order is free in protobuf)."""
+    import json
+    import shutil
+
+    from vitrt.atomic import atomic_path
+    from vitrt.metadata import Metadata
+    from vitrt.onnx_meta import _METADATA_PROPS, _entry, _skip, _varint
+
+    Metadata(metadata, source=os.fspath(path))  # what we write must be readable
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def string_field(field: int, text: str) -> bytes:
+        raw = text.encode("utf-8")
+        return varint(field << 3 | 2) + varint(len(raw)) + raw
+
+    with open(path, "rb") as src, atomic_path(path) as tmp, open(tmp, "wb") as dst:
+        while True:
+            start = src.tell()
+            tag = _varint(src)
+            if tag is None:
+                break
+            field, wire = tag >> 3, tag & 7
+            if field == _METADATA_PROPS and wire == 2:
+                body = src.read(_varint(src))
+                if _entry(body)[0] == ONNX_KEY:
+                    continue  # replaced below
+            else:
+                _skip(src, wire)
+            end = src.tell()
+            src.seek(start)
+            shutil.copyfileobj(_Limited(src, end - start), dst, 1 << 22)
+        entry = string_field(1, ONNX_KEY) + string_field(2, json.dumps(metadata, sort_keys=True))
+        dst.write(varint(_METADATA_PROPS << 3 | 2) + varint(len(entry)) + entry)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+class _Limited:
+    """A file object that reads at most ``n`` bytes of ``f`` (for shutil.copyfileobj)."""
+
+    def __init__(self, f, n: int):
+        self.f, self.left = f, n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.f.read(size)
+        self.left -= len(data)
+        return data
 
 
 def set_metadata(model_proto, metadata: dict) -> None:
@@ -66,7 +128,7 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
                 model_kwargs: dict | None = None, input_format: str = "uint8", tokens: bool = False,
                 opset: int = OPSET, max_batch: int = MAX_BATCH_ONNX, photos=None, verify: bool = True,
                 reference: tuple[dict, dict] | None = None, extra_metadata: dict | None = None,
-                log: Callable[[str], None] = print) -> dict:
+                class_names: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
     """Export ``model`` to ``out_path`` (fp32), check it, verify it against PyTorch, then publish it.
 
     Returns the parity report (also written to ``<out_path>.parity.json``). Raises BuildError, and
@@ -91,7 +153,8 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
     size = tuple(int(v) for v in data_config["input_size"][-2:])
     wrapper = ImageModel(model, data_config, input_format=input_format, tokens=tokens).eval()
     metadata = build_metadata(model, data_config, provenance, model_name=model_name, model_kwargs=model_kwargs,
-                              input_format=input_format, tokens=tokens, opset=opset, max_batch=max_batch)
+                              input_format=input_format, tokens=tokens, opset=opset, max_batch=max_batch,
+                              class_names=class_names)
     metadata.update(extra_metadata or {})
     metadata["gate"] = gate.THRESHOLDS["fp32"]
     metadata["recipe"] = recipe(metadata)

@@ -62,6 +62,40 @@ def test_metadata_validation(small_onnx):
         Metadata([1, 2])
 
 
+def test_class_names_are_optional_and_one_per_class(small_onnx, tmp_path):
+    """``class_names`` is an optional key of format 1: absent (artifacts before it) the names are
+    ImageNet's for 1000 classes; present, one string per class; anything else is refused."""
+    meta = Metadata.from_onnx(small_onnx)
+    assert meta.class_names is None and meta.labels[281] == "tabby, tabby cat"
+    named = Metadata({**meta.data, "class_names": [f"c{i}" for i in range(1000)]})
+    assert named.labels[281] == "c281"
+    for bad in ([f"c{i}" for i in range(999)], "c0,c1", [1] * 1000):
+        with pytest.raises(MetadataError, match="class_names .*expected null or a list of 1000 strings"):
+            Metadata({**meta.data, "class_names": bad})
+
+
+def test_rewriting_the_metadata_keeps_the_graph_byte_for_byte(small_onnx, tmp_path):
+    """export.onnx_export.rewrite_metadata (renaming classes) copies every other top-level field as it is:
+    the file read back by onnx has the same graph, and the new metadata."""
+    import shutil
+
+    import onnx
+
+    from export.onnx_export import rewrite_metadata
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(small_onnx, path)
+    meta = Metadata.from_onnx(path).data
+    rewrite_metadata(path, {**meta, "class_names": [f"c{i}" for i in range(1000)]})
+    before, after = onnx.load(small_onnx), onnx.load(path)
+    assert before.graph.SerializeToString() == after.graph.SerializeToString()
+    assert [o.version for o in before.opset_import] == [o.version for o in after.opset_import]
+    assert Metadata.from_onnx(path).labels[3] == "c3" and len(after.metadata_props) == len(before.metadata_props)
+    with pytest.raises(MetadataError):  # invalid metadata is refused before anything is written
+        rewrite_metadata(path, {**meta, "class_names": ["too few"]})
+    assert Metadata.from_onnx(path).labels[3] == "c3" and not list(tmp_path.glob(".*tmp*"))
+
+
 def test_sidecar_json_errors(tmp_path):
     with pytest.raises(MetadataError, match="is missing; expected it beside the artifact"):
         Metadata.from_json_file(tmp_path / "x.plan.json")

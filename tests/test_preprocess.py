@@ -130,3 +130,25 @@ def test_normalize_matches_timm_to_tensor_normalize(timm_crop, skimage_dir):
     # same float32 ops in the same order: identical up to one rounding step of the division
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
     assert torch.is_tensor(tf(Image.open(path).convert("RGB")))
+
+
+@pytest.mark.parametrize("crop_pct, interpolation", [(1.0, "bilinear"), (0.875, "bicubic"), (0.9, "bilinear")])
+@pytest.mark.parametrize("size", [(640, 427), (300, 500), (384, 384), (97, 1033)])
+def test_squash_mode_matches_timm(crop_pct, interpolation, size):
+    """timm's crop_mode='squash' (both sides resized to input_size / crop_pct, then the center crop): a
+    Hugging Face ViT processor's layout (export/checkpoints.py), pixel for pixel against timm's transform."""
+    import timm.data
+
+    cfg = {**DEFAULT_DATA_CONFIG, "crop_mode": "squash", "crop_pct": crop_pct, "interpolation": interpolation}
+    tf = timm.data.create_transform(input_size=(3, 384, 384), crop_mode="squash", crop_pct=crop_pct,
+                                    interpolation=interpolation, is_training=False)
+    img = Image.fromarray(_pattern(*size, seed=size[0]))
+    want = np.asarray(tf.transforms[1](tf.transforms[0](img)))
+    assert np.array_equal(preprocess(img, cfg), want)
+
+
+def test_an_unknown_crop_mode_is_refused():
+    from vitrt.errors import InputError
+
+    with pytest.raises(InputError, match="crop_mode='border'; expected 'center' or 'squash'"):
+        preprocess(Image.new("RGB", (50, 50)), {**DEFAULT_DATA_CONFIG, "crop_mode": "border"})

@@ -14,6 +14,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.error
@@ -456,10 +457,31 @@ def test_a_public_bind_of_a_vulnerable_triton_is_refused(artifact):
     assert "Started HTTPService" not in out.stdout  # no server started
 
 
-def test_an_ngc_layout_triton_home_serves(artifact, tmp_path, photos):
+@pytest.fixture(scope="module")
+def named_artifact(artifact, tmp_path_factory) -> Path:
+    """The small ViT with class names of its own in its metadata (as CLASS_NAMES= gives a fine-tune)."""
+    from export.onnx_export import rewrite_metadata
+    from vitrt.metadata import Metadata
+
+    folder = tmp_path_factory.mktemp("named")
+    path = folder / "small.onnx"
+    shutil.copy(artifact, path)
+    for companion in artifact.parent.glob(artifact.name + ".*"):
+        shutil.copy(companion, folder / companion.name)
+    meta = Metadata.from_onnx(path).data
+    rewrite_metadata(path, {**meta, "class_names": [f"part {i}" for i in range(1000)]})
+    return path
+
+
+def test_an_ngc_layout_triton_home_serves_the_artifacts_class_names(named_artifact, tmp_path, photos):
     """--triton-home with NVIDIA's container layout (bin/tritonserver, backends/python with its own stub),
     built here from the bundled binary by symbolic links: the stub comes from backends/python, the release
-    from a probe (GET /v2 on loopback, as for any Triton outside /opt/tritonserver without NGC's variables)."""
+    from a probe (GET /v2 on loopback, as for any Triton outside /opt/tritonserver without NGC's variables).
+    The artifact has class names of its own: the classification extension, vitrt.Client and `vitrt
+    predict --server` show them, as Engine does."""
+    import subprocess
+    import sys
+
     python = Path(serve_python())
     bundled = next(python.parents[1].glob("lib/python3*/site-packages/pytriton/tritonserver"))
     home = tmp_path / "tritonserver"
@@ -471,9 +493,23 @@ def test_an_ngc_layout_triton_home_serves(artifact, tmp_path, photos):
     minor = subprocess_minor(python)
     (home / "backends" / "python" / "triton_python_backend_stub").symlink_to(
         bundled / "python_backend_stubs" / minor / "triton_python_backend_stub")
-    with ServeProcess(artifact, "--model-name", "m", "--triton-home", str(home), log=tmp_path / "ngc.log") as srv:
+    raw = Path(photos[2]).read_bytes()
+    with vitrt.Engine(named_artifact, providers=["CPUExecutionProvider"]) as engine:
+        want = engine.predict(raw, topk=3)
+    assert all(p.label == f"part {p.index}" for p in want)
+    with ServeProcess(named_artifact, "--model-name", "m", "--triton-home", str(home), log=tmp_path / "ngc.log") as srv:
+        status, body = _http(srv.url, {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                                   "data": [base64.b64encode(raw).decode()]}],
+                                       "outputs": [{"name": "logits", "parameters": {"classification": 3}}]})
+        assert status == 200
+        assert [e.split(":", 2)[2] for e in body["outputs"][0]["data"]] == [p.label for p in want]
         with vitrt.Client(srv.url, "m") as client:
-            assert client.embed(photos[0]).ndim == 1
+            got = client.predict(raw, topk=3)
+            assert [(p.index, p.label) for p in got] == [(p.index, p.label) for p in want]
+        out = subprocess.run([sys.executable, "-m", "vitrt", "predict", str(photos[2]), "--json", "--server", srv.url,
+                              "--model-name", "m", "--topk", "3"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert [p["label"] for p in json.loads(out.stdout)[0]["predictions"]] == [p.label for p in want]
         log = srv.log()
     assert f"Triton 2.51.0 at {home} (found by --triton-home; version from GET /v2 of the binary" in log
 

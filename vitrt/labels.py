@@ -1,4 +1,6 @@
-"""ImageNet-1k class names, shipped with vitrt so the runtime does not need timm."""
+"""Class names: an artifact's own (metadata ``class_names``: a fine-tune's classes, from CLASS_NAMES= or
+its checkpoint), else ImageNet-1k's for a 1000-class ImageNet head (shipped with vitrt so the runtime
+does not need timm), else ``class_<i>``."""
 
 from __future__ import annotations
 
@@ -27,8 +29,13 @@ def imagenet_synsets() -> tuple[str, ...]:
     return _load("imagenet-1k")[0]
 
 
-def labels_for(label_set: str | None, num_classes: int) -> tuple[str, ...]:
-    """Names for ``num_classes`` classes: the named set when it fits, else ``'class_<i>'``."""
+def labels_for(label_set: str | None, num_classes: int, class_names=None) -> tuple[str, ...]:
+    """Names for ``num_classes`` classes: ``class_names`` when given (one per class), else the named set
+    when it fits, else ``'class_<i>'``."""
+    if class_names:
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        return tuple(str(n) for n in class_names)
     if label_set in LABEL_SETS:
         names = _load(label_set)[1]
         if len(names) == num_classes:

@@ -69,6 +69,10 @@ def validate(data: Any, source: str) -> None:
         fail("labels", data["labels"], "a label set name (imagenet-1k) or null")
     if data.get("labels") == "imagenet-1k" and model["num_classes"] != 1000:
         fail("labels", data["labels"], f"null for a {model['num_classes']}-class model (imagenet-1k has 1000)")
+    names = data.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == model["num_classes"]
+                                  and all(isinstance(n, str) for n in names)):
+        fail("class_names", names, f"null or a list of {model['num_classes']} strings (one per class)")
     if not isinstance(data["weights"], dict):
         fail("weights", data["weights"], "an object (source, sha256, ...)")
     if data["precision"] not in PRECISIONS:
@@ -218,6 +222,19 @@ class Metadata:
     @property
     def label_set(self) -> str | None:
         return self.data.get("labels")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The artifact's own class names (a fine-tune's), or None: optional, so that artifacts from before
+        it and runtimes from before it (which ignore it) work as they did (format 1 either way)."""
+        return self.data.get("class_names")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The name shown for each class (vitrt.labels.labels_for)."""
+        from .labels import labels_for
+
+        return labels_for(self.label_set, self.num_classes, self.class_names)
 
     @property
     def precision(self) -> str:

@@ -6,6 +6,10 @@ side scaled and truncated with ``int()``), ``CenterCrop(384)`` (offsets rounded 
 the same Pillow calls with the same integer arithmetic gives the same uint8 crop, pixel for pixel.
 Normalization is not done here: it runs inside the graph (see DESIGN.md, "Artifact contract").
 
+A checkpoint whose processor resizes both sides (Hugging Face's ViTImageProcessor: no crop, bilinear)
+has timm's ``crop_mode="squash"``: both sides resized to ``input_size / crop_pct``, then the center crop
+(none at crop_pct 1): the same Pillow call as ``ViTImageProcessorPil``, so the same pixels.
+
 Images are decoded the way timm's dataset loader does it: ``Image.open(f).convert("RGB")``, no EXIF
 rotation, first frame of an animation.
 """
@@ -49,6 +53,11 @@ DEFAULT_DATA_CONFIG: dict[str, Any] = {
 }
 
 
+#: timm's eval crop modes vitrt reproduces: "center" (shorter side resized, center crop) and "squash"
+#: (both sides resized, then the center crop)
+CROP_MODES = ("center", "squash")
+
+
 def check_data_config(dc: Any, where: str = "data config") -> dict:
     """The parts of a timm data config preprocessing uses, each checked; InputError names the bad one."""
     def bad(key: str, expected: str) -> InputError:
@@ -67,8 +76,8 @@ def check_data_config(dc: Any, where: str = "data config") -> dict:
     if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))
                                  or not 0 < crop_pct <= 1):
         raise bad("crop_pct", "a number in (0, 1]")
-    if dc.get("crop_mode", "center") != "center":
-        raise bad("crop_mode", "'center'")
+    if dc.get("crop_mode", "center") not in CROP_MODES:
+        raise bad("crop_mode", " or ".join(repr(m) for m in CROP_MODES))
     for key in ("mean", "std"):
         v = dc.get(key)
         if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
@@ -81,7 +90,7 @@ def check_data_config(dc: Any, where: str = "data config") -> dict:
 def plan_resize_crop(width: int, height: int, data_config: dict) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """The (resized size, crop box) timm's eval transform uses for a ``width`` x ``height`` image.
 
-    Mirrors ``timm.data.transforms_imagenet_eval`` (center crop mode) and torchvision's
+    Mirrors ``timm.data.transforms_imagenet_eval`` (center and squash crop modes) and torchvision's
     ``_compute_resized_output_size`` / ``center_crop`` integer arithmetic.
     """
     check_data_config(data_config)
@@ -89,14 +98,15 @@ def plan_resize_crop(width: int, height: int, data_config: dict) -> tuple[tuple[
     crop_pct = float(data_config.get("crop_pct") or 1.0)
     mode = data_config.get("crop_mode", "center")
     scale = (math.floor(crop_h / crop_pct), math.floor(crop_w / crop_pct))
-    if mode != "center" or scale[0] != scale[1]:
-        raise InputError(
-            f"data config crop_mode={mode!r} with scale size {scale} is not supported; "
-            "expected crop_mode='center' and a square input_size"
-        )
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = scale[0], int(scale[0] * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if mode == "squash":
+        new_w, new_h = scale[1], scale[0]
+    else:
+        if scale[0] != scale[1]:
+            raise InputError(f"data config crop_mode='center' with scale size {scale} is not supported; "
+                             "expected a square input_size (or crop_mode='squash')")
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = scale[0], int(scale[0] * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
     top = int(round((new_h - crop_h) / 2.0))
     left = int(round((new_w - crop_w) / 2.0))
     return (new_w, new_h), (left, top, left + crop_w, top + crop_h)
@@ -251,12 +261,15 @@ def resize_center_crop(img: Image.Image, data_config: dict = DEFAULT_DATA_CONFIG
         raise InputError(f"interpolation {interp!r} is not supported; expected one of {sorted(_INTERPOLATION)}")
     resample = _INTERPOLATION[interp]
     left, top, right, bottom = box
-    if new_w > right - left and new_h != img.height:
+    squash = data_config.get("crop_mode", "center") == "squash"
+    if new_w > right - left and new_h != img.height and not squash:
         # Landscape: Pillow resizes in two passes, horizontal then vertical, with a uint8 image in
         # between, and each column of the vertical pass is independent of the others. So running the
         # horizontal pass alone, cropping the columns we keep, then the vertical pass on that strip
         # gives the same pixels as resize-then-crop, without the vertical pass on discarded columns.
-        # (Pillow's `box=` argument cannot do this exactly: it takes float32 coordinates.)
+        # (Pillow's `box=` argument cannot do this exactly: it takes float32 coordinates.) Only for the
+        # center mode's aspect-preserving resize: for squash's, Pillow 13 may run the vertical pass first
+        # (measured: 300x500 -> 438x438), and the strip would then differ.
         strip = img.resize((new_w, img.height), resample).crop((left, 0, right, img.height))
         return np.asarray(strip.resize((right - left, new_h), resample).crop((0, top, right - left, bottom)),
                           dtype=np.uint8)

@@ -17,6 +17,7 @@ of the server's filesystem.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,6 @@ from pathlib import Path
 from ..artifacts import parity_path, set_name, sidecar_path
 from ..atomic import write_bytes
 from ..errors import ArtifactError
-from ..labels import labels_for
 from ..metadata import Metadata, sha256_file
 
 #: Defaults, measured in benchmarks/serve.py (docs/benchmarks.md, "Serving"): a short queue delay lets
@@ -34,14 +34,16 @@ QUEUE_DELAY_US = 2000
 MAX_QUEUE_SIZE = 64
 QUEUE_TIMEOUT_MS = 30_000
 #: The largest encoded image the model accepts, refused before it is decoded (HTTP 400). Measured
-#: (python -m benchmarks.image_bytes; docs/benchmarks.md, "Image bytes"): a 48-megapixel JPEG of a photo
-#: at quality 95 is 12-26 MB and a 24-megapixel PNG 36-53 MB; 64 MiB admits those and equals
-#: Triton's own request limit (--http-max-input-size), which a batch of such images already exceeds.
+#: (python -m benchmarks.image_bytes; docs/benchmarks.md, "Image bytes"): photos with camera grain at
+#: vitrt's pixel limit (89 MP) are 17.6-18.6 MB as JPEG quality 95; as PNG, 36 MB at 24 MP and 72 MB at
+#: 48 MP. 64 MiB admits every JPEG and WebP vitrt would decode and PNGs to about 40 MP, and equals
+#: Triton's own request limit (--http-max-input-size), so a patched and an old Triton refuse alike.
 MAX_IMAGE_BYTES = 64 * 2**20
 
 
 def _param(key: str, value) -> str:
-    return f'  {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # a protobuf text string
+    return f'  {{ key: "{key}" value: {{ string_value: "{text}" }} }}'
 
 
 def config_pbtxt(meta: Metadata, model_name: str, artifact: str, sha256: str, *, queue_delay_us: int = QUEUE_DELAY_US,
@@ -53,7 +55,10 @@ def config_pbtxt(meta: Metadata, model_name: str, artifact: str, sha256: str, *,
         dims = ", ".join(str(int(x)) for x in spec["shape"][1:])
         label = '\n    label_filename: "labels.txt"' if name == "logits" else ""
         outputs.append(f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {dims} ]{label}\n  }}')
+    # the names clients show (vitrt.Client reads them here): a label set's name, or the list as JSON
+    labels = json.dumps(d["class_names"]) if d.get("class_names") else (d.get("labels") or "")
     params = [_param("artifact", artifact), _param("precision", d["precision"]), _param("sha256", sha256),
+              _param("labels", labels),
               _param("decode_threads", decode_threads), _param("max_image_bytes", int(max_image_bytes))]
     if max_pixels is not None:
         params.append(_param("max_pixels", max_pixels))
@@ -133,7 +138,10 @@ def write_repository(artifact: str | os.PathLike, repo: str | os.PathLike, model
                 except OSError:
                     shutil.copy2(src, dst)
     write_bytes(folder / "config.pbtxt", config_pbtxt(meta, name, artifact.name, sha, **config).encode())
-    labels = labels_for(meta.label_set, meta.num_classes)
-    write_bytes(folder / "labels.txt", ("\n".join(labels) + "\n").encode())
+    bad = [n for n in meta.labels if "\n" in n or "\r" in n]
+    if bad:
+        raise ArtifactError(f"class name {bad[0]!r} holds a line break; expected one-line names (labels.txt has "
+                            "one name a line)")
+    write_bytes(folder / "labels.txt", ("\n".join(meta.labels) + "\n").encode())
     write_bytes(version / "model.py", (Path(__file__).parent / "triton_model.py").read_bytes())
     return folder
