@@ -1,7 +1,7 @@
 """Batch-job benchmark (`make bench-batch`): `vitrt embed` end to end from JPEG files against the model
 alone on pre-made batches and against a naive ``Engine.embed`` loop, in one run on one artifact, with
 the stage split (decode, preprocess, model) and a workers x batch-size sweep that sets the defaults in
-vitrt/batch.py. Writes reports/batch.{json,md}.
+vitrt/jobs/local.py. Writes reports/batch.{json,md}.
 
     python -m benchmarks.batch --artifacts artifacts        # the fleet rule's choice (int8-cpu on a CPU)
 """
@@ -71,7 +71,7 @@ def stages(engine, files: list[Path], batch: int) -> dict:
 
 def run(artifact: Path, out: Path, n: int = 48, workers=(1, 2, 4), batches=(1, 4, 8, 16), log=print) -> dict:
     import vitrt
-    from vitrt.batch import run as job
+    from vitrt.jobs.local import run as job
 
     results: dict = {"artifact": str(artifact), "machine": machine_info(), "images": n}
     with tempfile.TemporaryDirectory() as tmp, vitrt.Engine(artifact) as engine:

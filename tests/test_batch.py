@@ -1,4 +1,4 @@
-"""Batch jobs (vitrt.batch): a generated collection of about 60 images with nested folders, three
+"""Batch jobs (vitrt.jobs): a generated collection of about 60 images with nested folders, three
 formats, corrupt and truncated files, a non-image file, an empty file, a symlink and a file deleted
 while the job runs; outputs against Engine per file; kill -9 at several points, then the same command.
 
@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import vitrt
-from vitrt.batch import ERRORS, MANIFEST, run
+from vitrt.jobs.local import ERRORS, MANIFEST, run
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -129,7 +129,7 @@ def test_another_job_refuses_to_mix_into_out(collection, engine, tmp_path):
 KILL_SCRIPT = """
 import os, signal, sys
 import vitrt
-from vitrt.batch import run
+from vitrt.jobs.local import run
 event, shard = sys.argv[3], int(sys.argv[4])
 seen = {{"batch": 0}}
 
@@ -199,3 +199,36 @@ def test_ray_on_a_two_node_loopback_cluster_writes_the_same_dataset(collection, 
     np.testing.assert_allclose(ea, eb, rtol=0, atol=1e-4 * float(np.abs(eb).max()))
     assert pq.read_table(out / ERRORS).equals(pq.read_table(local / ERRORS))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in local.iterdir())
+
+
+def test_ray_without_an_address_follows_ray_inits_rule(collection, small_onnx, engine, tmp_path):
+    """`--ray` with no cluster on this machine starts a local one for the job and says so (ray.init()'s own
+    rule); `--ray ADDRESS` that nothing answers is a VitrtError naming the address, not a traceback."""
+    pytest.importorskip("ray")
+    import shutil
+
+    from benchmarks.serve_process import free_ports
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
+    # HOME of its own: Ray 2.60's ray.init() gives a local cluster token auth and writes ~/.ray/auth_token,
+    # which a later `ray start` cluster on the same machine then expects (the two-node test would fail)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "HOME": str(tmp_path / "home")}
+    src = collection / "d1"
+    nobody = f"127.0.0.1:{free_ports(1)[0]}"
+    bad = subprocess.run([sys.executable, "-m", "vitrt", "embed", str(src), "-o", str(tmp_path / "x"), "--engine",
+                          str(small_onnx), "--ray", nobody], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 1 and f"cannot reach the Ray cluster at '{nobody}'" in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x" / MANIFEST).exists()
+    out = tmp_path / "ray"
+    try:
+        job = subprocess.run([sys.executable, "-m", "vitrt", "embed", str(src), "-o", str(out), "--engine",
+                              str(small_onnx), "--ray", "--actors", "1"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600, env=env)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120, env=env)  # if one was left
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert not (Path.home() / ".ray" / "auth_token").exists() or (tmp_path / "home" / ".ray").exists()
+    assert "no Ray cluster runs on this machine; starting a local one" in job.stderr
+    local = tmp_path / "local"
+    run(engine, src, local, progress=False, log=lambda m: None)
+    assert _read(out).column("path").equals(_read(local).column("path"))

@@ -66,3 +66,43 @@ def test_the_wheel_carries_the_runtime_alone(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"vitrt"}, tops
     entry = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt"))
     assert "export" not in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def _imports(path, package: str) -> list[str]:
+    """Every module ``path`` imports, anywhere in it (functions included), as an absolute name."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                out.append(node.module or "")
+            else:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                out += [mod] if node.module else [f"{mod}.{a.name}" for a in node.names]
+    return out
+
+
+def test_the_runtime_core_never_imports_serving_or_jobs():
+    """The layers of vitrt/__init__.py: the core (every module of vitrt/ and vitrt/backends/ but the CLI)
+    imports nothing from vitrt.serving or vitrt.jobs, not even inside a function; jobs import no serving;
+    `import vitrt` loads neither (their names load on first use), and there is no import cycle."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vitrt"
+    core = [p for p in list(root.glob("*.py")) + list((root / "backends").glob("*.py")) if p.name not in ("cli.py", "__main__.py")]
+    wrong = []
+    for path in core:
+        package = "vitrt.backends" if path.parent.name == "backends" else "vitrt"
+        wrong += [f"{path.name} imports {m}" for m in _imports(path, package)
+                  if m.startswith(("vitrt.serving", "vitrt.jobs"))]
+    for path in (root / "jobs").glob("*.py"):
+        wrong += [f"jobs/{path.name} imports {m}" for m in _imports(path, "vitrt.jobs") if m.startswith("vitrt.serving")]
+    assert not wrong, wrong
+    code = ("import sys, vitrt; print(sorted(m for m in sys.modules if m.startswith(('vitrt.jobs', 'vitrt.serving')))); "
+            "vitrt.Client; vitrt.embed_files; print(vitrt.Client.__module__, vitrt.embed_files.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "vitrt.serving.client vitrt.jobs.local", out

@@ -12,14 +12,14 @@ from .errors import VitrtError
 
 
 def _batch_args(p) -> None:
-    from .batch import BATCH_SIZE, SHARD_SIZE, WORKERS
+    from .jobs.local import BATCH_SIZE, SHARD_SIZE, WORKERS
 
     p.add_argument("--workers", type=int, default=WORKERS, help="decoding threads, with -o (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per inference, with -o (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="rows per Parquet shard, with -o (default: %(default)s)")
-    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
-                   help="run on a Ray cluster (`pip install 'vitrt[ray]'`), at ADDRESS or the one this machine "
-                        "belongs to (default: off)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (`pip install 'vitrt[ray]'`): at ADDRESS, or with no ADDRESS the one this "
+                        "machine belongs to, else a local one started for the job (default: off)")
     p.add_argument("--actors", type=int, default=None, help="Engine actors, with --ray (default: the cluster's CPUs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY (default: a bar on a TTY)")
 
@@ -170,7 +170,7 @@ def _run(args) -> int:
         print("PASSED: the gate holds on this machine" if report["passed"] else "FAILED: see the FAIL lines above")
         return 0 if report["passed"] else 1
     if args.server:
-        from .client import Client
+        from .serving.client import Client
 
         runner = Client(args.server, args.model_name)
     else:
@@ -204,11 +204,12 @@ def _batch(args) -> int:
     if task == "predict":
         options.update(topk=args.topk, logits=args.logits)
     if args.ray is not None:
-        from .batch_ray import run_ray
+        from .jobs.on_ray import run_ray
 
-        summary = run_ray(args.engine, src, args.output, task=task, actors=args.actors, address=args.ray, **options)
+        summary = run_ray(args.engine, src, args.output, task=task, actors=args.actors, address=args.ray or None,
+                          **options)
     else:
-        from .batch import run
+        from .jobs.local import run
         from .engine import Engine
 
         with Engine(args.engine) as engine:

@@ -1,4 +1,5 @@
-"""``vitrt.Engine``: one artifact, timm-exact preprocessing, predictions and embeddings."""
+"""``vitrt.Engine``: one artifact, timm-exact preprocessing, predictions and embeddings; optionally
+in-process dynamic batching (vitrt/batcher.py) and an asyncio API (vitrt/aio.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import ArtifactError, InputError
-from .labels import labels_for
+from .aio import AsyncEngine
 from .artifacts import sidecar_path
+from .errors import ArtifactError, InputError
 from .metadata import Metadata
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, check_max_pixels, normalize_nchw, resize_center_crop, to_pil
 
@@ -32,7 +33,7 @@ def _is_single(images: Any) -> bool:
     return not hasattr(images, "__iter__")
 
 
-class Engine:
+class Engine(AsyncEngine):
     """Runs a vitrt artifact: ``.onnx`` on ONNX Runtime, ``.plan`` on TensorRT; a folder (``artifacts/``)
     runs the best artifact in it for this machine (:mod:`vitrt.fleet`; ``path`` and ``choice`` say which
     and why).
@@ -51,12 +52,20 @@ class Engine:
     (CUDA graph replay, default on) to ``.plan`` only: an argument the artifact's backend would ignore
     is refused. ``max_pixels`` refuses larger images before decoding them. Use as a context manager or
     call :meth:`close` to free the session and its buffers.
+
+    ``batching=True`` coalesces concurrent calls (threads or coroutines) into backend batches of up to
+    ``max_batch`` images (default: the artifact's); ``max_delay_ms`` and ``max_queue`` as in
+    :class:`vitrt.Batcher` (defaults there, measured); every call then takes ``timeout_ms``. A full queue
+    or a timeout raises :class:`vitrt.Overloaded`. ``batching=False`` (the default): every call runs its
+    own batch, as before.
     """
 
     def __init__(self, path: str | os.PathLike, providers: Sequence | str | None = None, *, device: int | None = None,
                  cuda_graphs: bool | None = None, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 backend: str | None = None):
+                 backend: str | None = None, batching: bool = False, max_batch: int | None = None,
+                 max_delay_ms: float | None = None, max_queue: int | None = None):
         self.backend = None
+        self._batcher = None
         self.threads = None  # ONNX Runtime's intra-op threads (.onnx only), and why that many
         self.threads_why = None
         self.backend_why = None  # why this runtime, for an .onnx
@@ -131,7 +140,27 @@ class Engine:
                                            cuda_graphs=True if cuda_graphs is None else cuda_graphs)
         else:
             raise ArtifactError(f"artifact {shown!r} has suffix {suffix!r}; expected .onnx or .plan")
-        self.labels = labels_for(self.metadata.label_set, self.metadata.num_classes)
+        self.labels = self.metadata.labels  # the artifact's class names, else ImageNet's, else class_<i>
+        self._start_batching(batching, max_batch, max_delay_ms, max_queue)
+
+    def _start_batching(self, batching: bool, max_batch, max_delay_ms, max_queue) -> None:
+        if not isinstance(batching, bool):
+            raise InputError(f"batching={batching!r}; expected True or False")
+        given = {k: v for k, v in (("max_batch", max_batch), ("max_delay_ms", max_delay_ms), ("max_queue", max_queue))
+                 if v is not None}
+        if not batching:
+            if given:
+                raise InputError(f"{', '.join(given)} apply with batching=True; expected batching=True or none of them")
+            return
+        from .batcher import MAX_DELAY_MS, Batcher
+
+        limit = self.metadata.max_batch
+        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer))
+                                      or not 1 <= max_batch <= limit):
+            raise InputError(f"max_batch={max_batch!r}; expected an integer from 1 to the artifact's max batch {limit}")
+        self._batcher = Batcher(self._run, int(max_batch or limit),
+                                MAX_DELAY_MS if max_delay_ms is None else max_delay_ms, max_queue,
+                                name=f"vitrt-batcher-{self.path.name}")
 
     def _onnx_backend(self, backend: str | None, providers, device: int | None) -> str:
         """The runtime for this .onnx: ``backend`` as given, ONNX Runtime for ``providers`` or a GPU, else
@@ -155,6 +184,9 @@ class Engine:
 
     # --- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
+        """Drain the batcher's accepted requests (with batching), then free the backend."""
+        if self._batcher is not None:
+            self._batcher.close()
         if self.backend is not None:
             self.backend.close()
 
@@ -166,7 +198,11 @@ class Engine:
 
     def __repr__(self) -> str:
         threads = f", threads={self.threads} ({self.threads_why})" if self.threads else ""
-        return f"Engine({os.fspath(self.path)!r}, backend={self.backend.name}, precision={self.metadata.precision}{threads})"
+        b = self._batcher
+        batching = f", batching=(max_batch={b.max_batch}, max_delay_ms={1000 * b.max_delay:g}, " \
+                   f"max_queue={b.max_queue})" if b else ""
+        return (f"Engine({os.fspath(self.path)!r}, backend={self.backend.name}, "
+                f"precision={self.metadata.precision}{threads}{batching})")
 
     def verify(self, reference: str | os.PathLike | None = None, gate: dict | None = None) -> dict:
         """Run this artifact on the parity set's inputs saved beside it (``NAME.reference.npz``) and
@@ -207,12 +243,21 @@ class Engine:
             raise InputError("batch is empty (N = 0); expected at least one item")
         return np.ascontiguousarray(batch)
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray, timeout_ms: float | None = None) -> dict[str, np.ndarray]:
         """Raw outputs (name -> array) for a preprocessed batch: uint8 [N, 384, 384, 3] crops (what
         :meth:`preprocess` makes; an NCHW artifact gets them normalized here), or for NCHW artifacts
         float32 [N, 3, 384, 384] already normalized. Batches larger than the artifact's ``max_batch``
-        are split; outputs keep the input order."""
+        are split; outputs keep the input order. ``timeout_ms``: with batching only."""
         batch = self._check_batch(batch)
+        if self._batcher is None:
+            self._no_timeout(timeout_ms)
+            return self._run(batch)
+        from .batcher import wait
+
+        return wait(self._batcher.submit(batch, timeout_ms), timeout_ms)
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """A checked batch through the backend, split at the artifact's max batch (the batcher's run_batch)."""
         step = self.metadata.max_batch
         name = self.metadata.input_name
         parts = [self.backend.run({name: batch[i:i + step]}) for i in range(0, len(batch), step)]
@@ -220,37 +265,44 @@ class Engine:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _run_images(self, images: Any) -> tuple[dict[str, np.ndarray], bool]:
-        single = _is_single(images)
-        return self.infer(self._batch(images)), single
+    def _no_timeout(self, timeout_ms) -> None:
+        if timeout_ms is not None:
+            raise InputError(f"timeout_ms={timeout_ms!r} applies with batching=True (the time a request may wait in "
+                             "the queue); expected Engine(..., batching=True) or timeout_ms=None")
+
+    def _check_topk(self, topk) -> None:
+        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= self.metadata.num_classes:
+            raise InputError(f"topk={topk!r}; expected an integer from 1 to {self.metadata.num_classes}")
 
     # --- tasks ----------------------------------------------------------------------------
-    def predict(self, images: Any, topk: int = 5):
+    def predict(self, images: Any, topk: int = 5, timeout_ms: float | None = None):
         """Top-``topk`` :class:`Prediction` s (softmax over the classes), highest first.
 
         One image -> a list of predictions; a list of images -> a list of such lists."""
-        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= self.metadata.num_classes:
-            raise InputError(f"topk={topk!r}; expected an integer from 1 to {self.metadata.num_classes}")
-        out, single = self._run_images(images)
-        probs = softmax(out["logits"])
-        results = [top_k(p, int(topk), self.labels) for p in probs]
+        self._check_topk(topk)
+        single = _is_single(images)
+        return self._finish_predict(self.infer(self._batch(images), timeout_ms), single, topk)
+
+    def embed(self, images: Any, timeout_ms: float | None = None) -> np.ndarray:
+        """float32 embedding: (width,) for one image, (N, width) for a list (timm's pre-logits features;
+        width 768 for ViT-B)."""
+        single = _is_single(images)
+        return self._finish_embed(self.infer(self._batch(images), timeout_ms), single)
+
+    def top_k(self, logits: np.ndarray, topk: int = 5) -> list[Prediction]:
+        """The top-``topk`` :class:`Prediction` s of one image's logits (what :meth:`predict` returns for
+        it), e.g. from :meth:`infer`'s output when the embedding is wanted from the same run."""
+        self._check_topk(topk)
+        logits = np.asarray(logits)
+        if logits.shape != (self.metadata.num_classes,):
+            raise InputError(f"logits of shape {logits.shape}; expected ({self.metadata.num_classes},): one image's")
+        return top_k(softmax(logits[None])[0], int(topk), self.labels)
+
+    def _finish_predict(self, out: dict[str, np.ndarray], single: bool, topk: int):
+        results = [top_k(p, int(topk), self.labels) for p in softmax(out["logits"])]
         return results[0] if single else results
 
-    def embed_files(self, src, out, **kwargs) -> dict:
-        """:func:`vitrt.embed_files` on this engine: a Parquet dataset of the embeddings under ``src``."""
-        from .batch import run
-
-        return run(self, src, out, task="embed", **kwargs)
-
-    def predict_files(self, src, out, **kwargs) -> dict:
-        """:func:`vitrt.predict_files` on this engine: a Parquet dataset of the top-k classes under ``src``."""
-        from .batch import run
-
-        return run(self, src, out, task="predict", **kwargs)
-
-    def embed(self, images: Any) -> np.ndarray:
-        """float32 embedding: (768,) for one image, (N, 768) for a list (timm's pre-logits features)."""
-        out, single = self._run_images(images)
+    def _finish_embed(self, out: dict[str, np.ndarray], single: bool) -> np.ndarray:
         emb = out["embedding"].astype(np.float32, copy=False)
         return emb[0] if single else emb
 

@@ -31,3 +31,8 @@ class BackendError(VitrtError, RuntimeError):
 
 class BuildError(VitrtError, RuntimeError):
     """The build stage failed: export, precision pass, verification or engine build."""
+
+
+class Overloaded(BackendError):
+    """A request was refused or given up because the engine is busy: the in-process batcher's queue is
+    full, or the request waited its ``timeout_ms`` without starting. Retry later, or add capacity."""

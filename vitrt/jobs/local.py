@@ -33,8 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_path, write_json
-from .errors import InputError, VitrtError
+from ..atomic import atomic_path, write_json
+from ..errors import InputError, VitrtError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MANIFEST, ERRORS, FORMAT = "_vitrt.json", "_errors.parquet", 1
@@ -89,7 +89,7 @@ def rows_table(task: str, paths: list[str], out: dict[str, np.ndarray], topk: in
     """The shard's rows as a pyarrow table (numpy outputs -> the dataset's columns)."""
     import pyarrow as pa
 
-    from .engine import softmax
+    from ..engine import softmax
 
     width = out["embedding"].shape[1] if len(paths) else 0
     schema = _schema(task, width, topk, len(labels), logits)
@@ -162,7 +162,7 @@ def write_errors(out: Path, manifest: Manifest) -> None:
 
 
 def job_identity(engine, root: Path, files: list[str], task: str, topk: int, logits: bool, shard_size: int) -> dict:
-    from .metadata import sha256_file
+    from ..metadata import sha256_file
 
     meta = engine.metadata.data
     sha = (meta.get("plan") or {}).get("sha256") or sha256_file(engine.path)
@@ -224,7 +224,7 @@ def finish(out: Path, manifest: Manifest, skipped: int, shards: int, todo: int, 
 
 
 def _files(task: str, src, out, engine="artifacts", **kwargs) -> dict:
-    from .engine import Engine
+    from ..engine import Engine
 
     if isinstance(engine, Engine):
         return run(engine, src, out, task=task, **kwargs)
@@ -255,7 +255,7 @@ def _run_shard(engine, pool, root: Path, paths: list[str], batch_size: int, bar,
     """Decode ahead in the pool (two batches in flight), run full batches on the engine, in order."""
 
     def crop(rel: str):
-        # the file's bytes, then the same decode as a Ray actor's (vitrt.batch_ray): the same rows and the
+        # the file's bytes, then the same decode as a Ray actor's (vitrt.jobs.on_ray): the same rows and the
         # same error texts on both
         try:
             data = (root / rel).read_bytes()

@@ -1,6 +1,6 @@
 """``vitrt embed SRC -o OUT --ray [ADDRESS]``: the same job on a Ray cluster (``pip install 'vitrt[ray]'``).
 
-Per shard of the same listing (vitrt.batch): Ray Data reads the files (``read_binary_files``), an
+Per shard of the same listing (vitrt.jobs.local): Ray Data reads the files (``read_binary_files``), an
 actor pool of Engines decodes and preprocesses them inside the actors (vitrt's timm-exact code, never
 Ray's own image decoding) and runs them (``map_batches``), and the driver writes the shard with the
 same writer, manifest and errors table as the single-machine job: the same layout, columns, types
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import BATCH_SIZE, ERRORS, SHARD_SIZE, Manifest, finish, job_identity, list_images, rows_table, write_shard
-from .errors import BackendError, VitrtError
+from .local import BATCH_SIZE, ERRORS, SHARD_SIZE, Manifest, finish, job_identity, list_images, rows_table, write_shard
+from ..errors import BackendError, VitrtError
 
 
 class EngineActor:
@@ -52,26 +52,64 @@ class EngineActor:
                 "embedding": emb, "logits": logits}
 
 
-def run_ray(engine_path, src, out, *, task: str = "embed", topk: int = 5, logits: bool = False, address: str = "auto",
+def connect(ray, address: str | None, log) -> None:
+    """``ray.init()``'s own rule, which Ray users expect: ``address`` None joins the cluster this machine
+    belongs to ($RAY_ADDRESS, or one started here with ``ray start``), else starts a local one for this
+    job and says so; an ``address`` that cannot be reached is a BackendError that names it."""
+    kw = dict(ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR")
+    if address is None:
+        try:
+            ray.init(address="auto", **kw)
+            return
+        except ConnectionError:
+            log("vitrt: no Ray cluster runs on this machine; starting a local one for this job (stopped at its end)")
+            ray.init(**kw)
+            return
+    _check_reachable(address)  # ray.init retries an unreachable address for minutes
+    try:
+        ray.init(address=address, **kw)
+    except Exception as exc:  # ConnectionError, or Ray's own for a malformed or unreachable address
+        raise BackendError(f"cannot reach the Ray cluster at {address!r} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); expected a running cluster there "
+                           "(`ray start --head` on it), or --ray with no address for this machine's own") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that accepts no TCP connection within ``timeout`` is refused at once."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", a name Ray resolves itself: Ray's own error applies
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise BackendError(f"cannot reach the Ray cluster at {address!r} ({exc.strerror or exc} within {timeout:g} s); "
+                           "expected a running cluster there (`ray start --head` on it), or --ray with no address "
+                           "for this machine's own") from None
+
+
+def run_ray(engine_path, src, out, *, task: str = "embed", topk: int = 5, logits: bool = False,
+            address: str | None = None,
             actors: int | None = None, batch_size: int = BATCH_SIZE, shard_size: int = SHARD_SIZE, workers: int = 0,
             progress=None, log=lambda m: print(m, file=sys.stderr)) -> dict:
     try:
         import ray
     except ImportError:
         raise BackendError("ray is not installed; expected `pip install 'vitrt[ray]'`") from None
-    from .engine import Engine
+    from ..engine import Engine
 
     with Engine(engine_path) as engine:  # the artifact the fleet rule picks here; the job's identity
         root, files, skipped = list_images(src)
-        out = Path(out)
-        manifest = Manifest(out, job_identity(engine, root, files, task, topk, logits, shard_size))
         artifact, labels = os.fspath(engine.path.resolve()), engine.labels
         width = int(engine.metadata.data["model"]["num_features"])
         classes = engine.metadata.num_classes
-
-    ray.init(address=None if address in (None, "local") else address, ignore_reinit_error=True,
-             log_to_driver=False, logging_level="ERROR")
+        identity = job_identity(engine, root, files, task, topk, logits, shard_size)
+    connect(ray, address, log)  # before anything is written to OUT
     try:
+        out = Path(out)
+        manifest = Manifest(out, identity)
         import ray.data
 
         n = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendError, ImageError, InputError
+from ..errors import BackendError, ImageError, InputError
 
 
 def encode(image: Any) -> bytes:
@@ -37,7 +37,7 @@ def encode(image: Any) -> bytes:
             raise ImageError(f"{os.fspath(path)!r} cannot be read ({exc.strerror}); expected a path to an image file") from None
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
-    from .preprocess import to_pil
+    from ..preprocess import to_pil
 
     buf = io.BytesIO()
     to_pil(image).save(buf, format="PNG")  # arrays and PIL images, checked as Engine checks them
@@ -64,10 +64,7 @@ class Client:
             raise BackendError(f"no vitrt model {model!r} at {url} ({_message(exc)}); expected `vitrt serve` "
                                "running there") from None
         self.max_batch = int(config.get("max_batch_size") or 1)
-        from .labels import labels_for
-
-        width = next(int(o["dims"][0]) for o in config["output"] if o["name"] == "logits")
-        self.labels = labels_for("imagenet-1k", width)
+        self.labels = _labels(config)
 
     @property
     def client(self):
@@ -95,7 +92,7 @@ class Client:
 
     def statistics(self) -> dict:
         """Triton's statistics for this model (an admin API: sends the admin token)."""
-        from .serving.security import ADMIN_HEADER, client_token
+        from .security import ADMIN_HEADER, client_token
 
         token = client_token(self._admin_token)
         if token is None:
@@ -109,7 +106,7 @@ class Client:
 
     def infer(self, images: Any) -> dict[str, np.ndarray]:
         """Raw outputs for one image or many (batches larger than the server's max batch are split)."""
-        from .engine import _is_single
+        from ..engine import _is_single
 
         items = [images] if _is_single(images) else list(images)
         if not items:
@@ -135,7 +132,7 @@ class Client:
         return {n: result.as_numpy(n) for n in ("logits", "embedding")}
 
     def predict(self, images: Any, topk: int = 5):
-        from .engine import _is_single, softmax, top_k
+        from ..engine import _is_single, softmax, top_k
 
         if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= len(self.labels):
             raise InputError(f"topk={topk!r}; expected an integer from 1 to {len(self.labels)}")
@@ -145,11 +142,33 @@ class Client:
         return results[0] if single else results
 
     def embed(self, images: Any) -> np.ndarray:
-        from .engine import _is_single
+        from ..engine import _is_single
 
         single = _is_single(images)
         emb = self.infer(images)["embedding"].astype(np.float32, copy=False)
         return emb[0] if single else emb
+
+
+def _labels(config: dict) -> tuple[str, ...]:
+    """The class names the server's model shows (its config parameter ``labels``: a JSON list of the
+    artifact's own names, or a label set's name); a server from before that parameter: ImageNet's names
+    for 1000 classes, as it did."""
+    import json
+
+    from ..labels import labels_for
+
+    width = next(int(o["dims"][0]) for o in config["output"] if o["name"] == "logits")
+    params = config.get("parameters") or {}
+    if "labels" not in params:
+        return labels_for("imagenet-1k", width)
+    text = params["labels"].get("string_value", "")
+    if text.startswith("["):
+        try:
+            return labels_for(None, width, json.loads(text))
+        except ValueError as exc:
+            raise BackendError(f"the server's class names do not fit its {width} classes ({exc}); expected a "
+                               "model written by vitrt serve") from None
+    return labels_for(text or None, width)
 
 
 def _message(exc: Exception) -> str:

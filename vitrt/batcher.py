@@ -1,0 +1,236 @@
+"""In-process dynamic batching: many callers' images into one backend batch (``Engine(..., batching=True)``).
+
+    batcher = vitrt.Batcher(run_batch, max_batch=32, max_delay_ms=2, max_queue=128)
+    out = batcher.submit(crops).result()          # crops: uint8 [n, H, W, 3]; out: {"logits": [n, ...], ...}
+
+One thread feeds the backend. When it is idle, a request goes at once: a lone caller waits for nothing.
+While a batch runs, requests queue; the next batch goes when it holds ``max_batch`` images or when the
+oldest queued request has waited ``max_delay_ms``, whichever is first (a batch takes whole requests, in
+arrival order). Each caller gets exactly its own rows, in its order. The queue holds at most
+``max_queue`` images: a request that does not fit raises :class:`Overloaded` at once, and one that has
+waited ``timeout_ms`` without starting raises it too. A request cancelled before it starts (its future's
+``cancel()``, or a cancelled ``await``) leaves the queue. ``close()`` refuses new requests and drains the
+accepted ones. Decoding and preprocessing happen before ``submit`` (in the callers' threads), never here.
+
+Why not an existing one (read before writing this): Ray Serve's ``@serve.batch`` needs Ray and an asyncio
+caller, and waits ``batch_wait_timeout_s`` for a batch to fill even when idle; the registry's small
+batchers (``async-batcher``, ``aiobatcher``) are asyncio-only as well, where vitrt's callers are threads
+as often as coroutines. This is one lock, one condition and one thread, with the standard library only.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
+
+import numpy as np
+
+from .errors import BackendError, InputError, Overloaded
+
+#: Defaults, measured (python -m benchmarks.batcher; docs/benchmarks.md, "In-process batching"): a short
+#: delay lets the requests that arrive while a batch runs meet in the next one without adding much to a
+#: lone request's latency; the queue bound turns overload into Overloaded instead of an unbounded wait.
+MAX_DELAY_MS = 2.0
+MAX_QUEUE_BATCHES = 4  # max_queue defaults to this many full batches
+
+
+class _Request:
+    __slots__ = ("batch", "future", "t0", "deadline")
+
+    def __init__(self, batch: np.ndarray, timeout_ms: float | None):
+        self.batch, self.future, self.t0 = batch, Future(), time.monotonic()
+        self.deadline = self.t0 + timeout_ms / 1000 if timeout_ms is not None else None
+
+
+class Batcher:
+    def __init__(self, run_batch: Callable[[np.ndarray], dict], max_batch: int, max_delay_ms: float = MAX_DELAY_MS,
+                 max_queue: int | None = None, name: str = "vitrt-batcher"):
+        for key, v, low in (("max_batch", max_batch, 1), ("max_delay_ms", max_delay_ms, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
+                raise InputError(f"{key}={v!r}; expected a number >= {low}")
+        max_queue = MAX_QUEUE_BATCHES * int(max_batch) if max_queue is None else max_queue
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < max_batch:
+            raise InputError(f"max_queue={max_queue!r}; expected an integer >= max_batch ({max_batch})")
+        self.run_batch, self.max_batch, self.max_queue = run_batch, int(max_batch), int(max_queue)
+        self.max_delay = float(max_delay_ms) / 1000
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued = 0  # images waiting
+        self._cv = threading.Condition()
+        self._closed = False
+        self.batches = 0  # batches run, and images in them: for tests and reports
+        self.images = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # --- callers -------------------------------------------------------------------------------------
+    def submit(self, batch: np.ndarray, timeout_ms: float | None = None) -> Future:
+        """Queue ``batch`` (one request: [n, ...], n >= 1); its future resolves to the outputs of its rows.
+        Larger than ``max_batch``: split into requests that run in order; the future joins them."""
+        if not isinstance(batch, np.ndarray) or batch.ndim < 1 or len(batch) == 0:
+            raise InputError(f"batch is {type(batch).__name__} {getattr(batch, 'shape', '')}; expected an array of "
+                             "one or more images")
+        if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
+                                       or timeout_ms <= 0):
+            raise InputError(f"timeout_ms={timeout_ms!r}; expected a positive number of milliseconds or None")
+        n = len(batch)
+        if n > self.max_queue:
+            raise InputError(f"a call of {n} images is larger than max_queue={self.max_queue}; expected at most "
+                             "max_queue images per call (or a larger max_queue)")
+        parts = [_Request(batch[i:i + self.max_batch], timeout_ms) for i in range(0, n, self.max_batch)]
+        with self._cv:
+            if self._closed:
+                raise BackendError("this batcher is closed; expected an open Engine (create a new one)")
+            if self._queued + n > self.max_queue:
+                raise Overloaded(f"the queue holds {self._queued} of max_queue={self.max_queue} images and this call "
+                                 f"brings {n}; expected fewer concurrent requests, or a larger max_queue")
+            self._queue.extend(parts)
+            self._queued += n
+            self._cv.notify()
+        for part in parts:  # a request cancelled while queued leaves the queue at once
+            part.future.add_done_callback(lambda f, r=part: self._forget(r) if f.cancelled() else None)
+        return parts[0].future if len(parts) == 1 else _joined([p.future for p in parts])
+
+    def _forget(self, request: _Request) -> None:
+        with self._cv:
+            try:
+                self._queue.remove(request)
+            except ValueError:  # already taken into a batch, or expired
+                return
+            self._queued -= len(request.batch)
+            self._cv.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new requests, run the accepted ones, stop the feeding thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    # --- the thread that feeds the backend --------------------------------------------------------------
+    def _take(self) -> list[_Request] | None:
+        """The next batch (under the lock): whole requests in arrival order, at most max_batch images;
+        None when closed and drained."""
+        busy_since = getattr(self, "_ran_at", None)
+        while True:
+            now = time.monotonic()
+            self._expire(now)
+            if self._queue:
+                oldest = self._queue[0].t0
+                # idle (nothing ran since this request came): at once; after a batch: wait for a full
+                # batch or the oldest request's delay
+                idle = busy_since is None or oldest > busy_since
+                if idle or self._queued >= self.max_batch or now - oldest >= self.max_delay or self._closed:
+                    break
+                wait = oldest + self.max_delay - now
+            elif self._closed:
+                return None
+            else:
+                wait = None
+            deadlines = [r.deadline for r in self._queue if r.deadline is not None]
+            if deadlines:
+                wait = max(0.0, min(deadlines) - now) if wait is None else max(0.0, min(wait, min(deadlines) - now))
+            self._cv.wait(wait)
+        taken, size = [], 0
+        while self._queue and size + len(self._queue[0].batch) <= self.max_batch:
+            r = self._queue.popleft()
+            self._queued -= len(r.batch)
+            if r.future.set_running_or_notify_cancel():  # False: cancelled while queued
+                taken.append(r)
+                size += len(r.batch)
+        return taken
+
+    def _expire(self, now: float) -> None:
+        """Requests that waited past their timeout leave the queue with Overloaded."""
+        keep = collections.deque()
+        for r in self._queue:
+            if r.deadline is not None and now >= r.deadline and r.future.set_running_or_notify_cancel():
+                self._queued -= len(r.batch)
+                r.future.set_exception(Overloaded(
+                    f"the request waited {1000 * (now - r.t0):.0f} ms in the queue without starting (timeout_ms); "
+                    "expected fewer concurrent requests, or a longer timeout_ms"))
+            else:
+                keep.append(r)
+        self._queue = keep
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                taken = self._take()
+            if taken is None:
+                return
+            if not taken:
+                continue
+            self._ran_at = time.monotonic()
+            batch = taken[0].batch if len(taken) == 1 else np.concatenate([r.batch for r in taken])
+            try:
+                out = self.run_batch(batch)
+            except BaseException as exc:  # the backend failed: every request of this batch learns why
+                for r in taken:
+                    r.future.set_exception(exc)
+                continue
+            finally:
+                self._ran_at = time.monotonic()
+            self.batches += 1
+            self.images += len(batch)
+            start = 0
+            for r in taken:
+                stop = start + len(r.batch)
+                r.future.set_result({k: v[start:stop] for k, v in out.items()})
+                start = stop
+
+
+def wait(future: Future, timeout_ms: float | None = None) -> dict:
+    """The outputs of a submitted request; with ``timeout_ms``, Overloaded once it has waited that long
+    without starting (it is taken out of the queue; one that has started is waited for)."""
+    if timeout_ms is None:
+        return future.result()
+    try:
+        return future.result(timeout=timeout_ms / 1000)
+    except FutureTimeout:
+        if future.cancel():
+            raise Overloaded(f"the request waited {timeout_ms:g} ms in the queue without starting (timeout_ms); "
+                             "expected fewer concurrent requests, or a longer timeout_ms") from None
+        return future.result()
+
+
+def _joined(futures: list[Future]) -> Future:
+    """One future for the parts of a split request: their outputs concatenated in order, or the first
+    error. Cancelling it cancels the parts that have not started."""
+    joined: Future = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def done(_):
+        with lock:
+            left[0] -= 1
+            if left[0] or joined.done():
+                return
+        try:
+            parts = [f.result() for f in futures]
+            result, error = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, None
+        except BaseException as exc:  # an error, or a part cancelled
+            result, error = None, exc
+        if joined.set_running_or_notify_cancel():
+            if error is None:
+                joined.set_result(result)
+            else:
+                joined.set_exception(error)
+
+    def cancelled(f: Future) -> None:
+        if f.cancelled():
+            for part in futures:
+                part.cancel()
+
+    joined.add_done_callback(cancelled)
+    for f in futures:
+        f.add_done_callback(done)
+    return joined
