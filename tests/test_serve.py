@@ -231,24 +231,50 @@ def _success(server) -> int:
 def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, photos):
     """SIGTERM with requests in flight: they complete, the process exits 0 within the grace. Then kill -9:
     no tritonserver left, its shared memory removed at the next start, which binds the same ports."""
+    import http.client
+    import threading
+
+    import tritonclient.http as tc
+
     ports = free_ports(3)
     blob = Path(photos[0]).read_bytes()
-    srv = ServeProcess(artifact, "--model-name", "m", "--grace", "20", "--queue-delay-us", "300000",
+    srv = ServeProcess(artifact, "--model-name", "m", "--grace", "20", "--queue-delay-us", "2000000",
                        ports=ports, log=tmp_path / "a.log").start()
-    try:
-        import tritonclient.http as tc
+    inp = tc.InferInput("image", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
+    body, json_size = tc.InferenceServerClient.generate_request_body([inp])
+    n = 3  # under the artifact's max_batch (4): the batch waits the whole window rather than running full
+    sent = [threading.Event() for _ in range(n)]
 
-        client = tc.InferenceServerClient(srv.url, concurrency=4)
-        inp = tc.InferInput("image", [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
-        futures = [client.async_infer("m", [inp]) for _ in range(4)]
-        time.sleep(0.1)  # they wait in the 300 ms batching window
-        t0 = time.monotonic()
-        srv.proc.send_signal(signal.SIGTERM)
-        answers = [f.get_result().as_numpy("logits").shape for f in futures]
-        client.close()  # Triton's drain also waits for open keep-alive connections (docs/serving.md)
-        assert answers == [(1, 1000)] * 4
-        assert srv.proc.wait(timeout=30) == 0 and time.monotonic() - t0 < 20
+    def one(i: int):  # a plain thread and socket: the request is on the wire before SIGTERM, not when
+        conn = http.client.HTTPConnection("127.0.0.1", srv.http, timeout=60)  # a gevent pool gets to it
+        try:
+            conn.request("POST", "/v2/models/m/infer", body, {"Inference-Header-Content-Length": str(json_size),
+                                                               "Connection": "close"})
+            sent[i].set()
+            r = conn.getresponse()
+            data, when = r.read(), time.monotonic()
+            length = r.getheader("Inference-Header-Content-Length")
+            return r.status, tc.InferenceServerClient.parse_response_body(
+                data, header_length=int(length) if length else None), when
+        finally:
+            conn.close()  # Triton's drain also waits for open keep-alive connections (docs/serving.md)
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(one, i) for i in range(n)]
+            assert all(e.wait(30) for e in sent)
+            time.sleep(0.5)  # read by Triton and waiting in the 2 s batching window
+            t0 = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            answers = [f.result(timeout=60) for f in futures]
+        assert [a[0] for a in answers] == [200] * n, srv.log()[-3000:]
+        assert [a[1].as_numpy("logits").shape for a in answers] == [(1, 1000)] * n
+        code = srv.proc.wait(timeout=30)
+        assert code == 0 and time.monotonic() - t0 < 20, srv.log()[-3000:]
+        # sent before the signal, answered after it: in flight when it came (Triton's own "in-flight
+        # inferences" count in its log leaves out requests still waiting in the batcher's queue)
+        assert all(a[2] > t0 for a in answers)
         assert not srv.ready()
     finally:
         srv.stop()
