@@ -23,7 +23,9 @@ from .common import REPORTS, markdown_table, write_reports
 METRICS = ("cosine_min", "cosine_mean", "logit_err")
 
 
-def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "fp8"), log=print) -> dict:
+def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "fp8"), log=print, **options) -> dict:
+    """``options``: BuildOptions of the variant passes (quantize_op_types, calib_method, ...), one change
+    at a time against the defaults (docs/precision.md, the INT8/FP8 recipe)."""
     from export.build import BuildOptions, build
     from vitrt.artifacts import parity_path
 
@@ -34,7 +36,7 @@ def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "
         out = work / f"seed{seed}"
         built = build(BuildOptions(weights="random", seed=seed, model_kwargs=kwargs, output_dir=out, name="m",
                                    precision=",".join(precisions), calib_dir="builtin", plan="no",
-                                   allow_parity_failure=True, gate=[]), log=lambda m: None)
+                                   allow_parity_failure=True, gate=[], **options), log=lambda m: None)
         for precision in precisions:
             path = built[precision]
             report = json.loads((parity_path(path) if parity_path(path).is_file()
@@ -45,7 +47,8 @@ def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "
                 for subset in report["metrics"]}
         log(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
     return {"model": "small test ViT (depth 2, width 64)" if small else "vit_base_patch16_384 (random init)",
-            "calibration": "builtin (32 images), max", "seeds": seeds, "values": rows}
+            "calibration": f"builtin (32 images), {options.get('calib_method', 'max')}", "options": options,
+            "seeds": seeds, "values": rows}
 
 
 def to_markdown(data: dict) -> str:
@@ -70,11 +73,19 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("reports/gate_spread_work"),
                    help="where the per-seed builds go (default: %(default)s)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
+    p.add_argument("--precisions", default="fp16,int8,fp8", help="variants to measure (default: %(default)s)")
+    p.add_argument("--quantize-op-types", default=None, metavar="OPS",
+                   help="op types int8/fp8 quantize, e.g. MatMul (default: the build's)")
+    p.add_argument("--calib-method", default=None, help="max or entropy (default: the build's)")
+    p.add_argument("--quant-recipe", default=None, help="accurate or fast (default: the build's)")
+    p.add_argument("--name", default=None, help="report name (default: gate_spread[_small])")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    data = run(seeds, args.work, args.small)
+    options = {k: v for k, v in (("quantize_op_types", args.quantize_op_types and args.quantize_op_types.split(",")),
+                                 ("calib_method", args.calib_method), ("quant_recipe", args.quant_recipe)) if v}
+    data = run(seeds, args.work, args.small, tuple(args.precisions.split(",")), **options)
     md = to_markdown(data)
-    write_reports("gate_spread_small" if args.small else "gate_spread", data, md, folder=args.out)
+    write_reports(args.name or ("gate_spread_small" if args.small else "gate_spread"), data, md, folder=args.out)
     print(md)
     return 0
 

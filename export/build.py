@@ -48,6 +48,7 @@ class BuildOptions:
     calibration_eps: list[str] = dataclasses.field(default_factory=lambda: ["cpu"])
     quantize_op_types: list[str] | None = None
     quantize_attention: bool = False
+    quant_recipe: str = D.QUANT_RECIPE  # int8/fp8 for TensorRT: "accurate" or "fast" (export/precision.py RECIPES)
     allow_parity_failure: bool = False
     gate: list[str] = dataclasses.field(default_factory=list)  # PRECISION.SUBSET.OUTPUT.METRIC=VALUE
     plan: str = "auto"  # auto: build TensorRT plans where a flavour can; yes: fail where none can; no
@@ -151,7 +152,7 @@ class _Context:
         """The parity thresholds for ``precision``: the stated ones, with any --gate overrides."""
         from . import gate
 
-        return gate.apply_overrides(gate.thresholds_for(precision, self.random_weights), precision,
+        return gate.apply_overrides(gate.thresholds_for(precision, self.random_weights, self.opts.quant_recipe), precision,
                                     gate.parse_gate_overrides(self.opts.gate))
 
     def reference(self) -> tuple[dict, dict]:
@@ -345,7 +346,8 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
               "keep_fp32_ops": None if quantized else sorted(opts.fp16_keep_fp32),
               "calibration_eps": list(opts.calibration_eps) if precision in ("int8", "fp8") else None,
               "op_types": opts.quantize_op_types if quantized else None,
-              "quantize_attention": opts.quantize_attention if quantized else None}
+              "quantize_attention": opts.quantize_attention if quantized else None,
+              "recipe": opts.quant_recipe if precision in ("int8", "fp8") else None}
     if not opts.force and up_to_date(path, wanted, _onnx_recipe):
         log(f"{path} is up to date (same fp32 source, options and calibration images); reusing it")
         return path
@@ -353,6 +355,7 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     model, meta = make_variant(precision, opts.fp32_path, Metadata.from_onnx(opts.fp32_path).data, used, calib_prov,
                                method=opts.calib_method, keep_fp32_ops=opts.fp16_keep_fp32,
                                op_types=opts.quantize_op_types, quantize_attention=opts.quantize_attention,
+                               quant_recipe=opts.quant_recipe,
                                eps=opts.calibration_eps, recipe=wanted,
                                extra_metadata={**ref_meta, "gate": ctx.gate(precision)}, workdir=opts.output_dir,
                                log=log)

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-method", choices=("max", "entropy"), default=D.CALIB_METHOD,
                    help="int8/fp8 calibration method; max measured as accurate as entropy here at a "
                         "fraction of the memory (default: %(default)s)")
+    g.add_argument("--quant-recipe", choices=("accurate", "fast"), default=D.QUANT_RECIPE,
+                   help="int8/fp8 for TensorRT: accurate (Q/DQ on the Linear MatMuls, FP32 elsewhere) or fast (the "
+                        "earlier recipe: also the LayerNorm inputs and the patch Conv, FP16 elsewhere: faster on a GPU "
+                        "by TensorRT's rules, less accurate; docs/precision.md) (default: %(default)s)")
     g.add_argument("--calib-max", type=int, default=D.CALIB_MAX,
                    help="use at most this many calibration images, evenly spaced (default: %(default)s)")
     g.add_argument("--fp16-keep-fp32", type=lambda s: [x for x in s.split(",") if x], default=[], metavar="OPS",

@@ -13,6 +13,9 @@ OUTPUT_DIR = "artifacts"
 OPSET = 18
 PRECISION = "fp16"
 CALIB_METHOD = "max"
+#: int8/fp8 for TensorRT (export/precision.py RECIPES): "accurate" (Q/DQ on the Linear MatMuls only, FP32
+#: elsewhere) or "fast" (the earlier recipe: also the LayerNorm inputs and the patch Conv, FP16 elsewhere)
+QUANT_RECIPE = "accurate"
 CALIB_MAX = 512
 MIN_BATCH, OPT_BATCH, MAX_BATCH_PLAN = 1, 8, 32
 MAX_BATCH_ONNX = 32

@@ -99,13 +99,16 @@ def test_a_hugging_face_vit_folder_matches_transformers(hf_folder, tmp_path, pho
             assert top[0].index == int(out.logits.argmax())
 
 
-def test_the_weights_file_with_config_beside_it_and_class_names_override(hf_folder, tmp_path):
-    onnx = _export(hf_folder / "model.safetensors", tmp_path / "a")
-    assert vitrt.Engine(onnx).labels == tuple(LABELS7)
-    names = tmp_path / "names.txt"
-    names.write_text("\n".join(n.upper() for n in LABELS7) + "\n")
-    onnx = _export(hf_folder, tmp_path / "b", class_names=str(names))
-    assert vitrt.Engine(onnx).labels == tuple(n.upper() for n in LABELS7)
+def test_the_weights_file_with_config_beside_it_reads_as_the_folder(hf_folder):
+    """WEIGHTS= the folder's model.safetensors, its config.json beside it: the same architecture, head and
+    names as the folder (without building again: the folder's build is the test above)."""
+    from export.weights import load
+
+    a, b = load(None, str(hf_folder)), load(None, str(hf_folder / "model.safetensors"))
+    assert (a.model_name, a.model_kwargs, a.class_names) == (b.model_name, b.model_kwargs, b.class_names)
+    assert b.class_names == LABELS7 and b.provenance["source"] == "transformers"
+    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert k == k2 and bool((v == v2).all()), k
 
 
 @pytest.mark.parametrize("change, message", [

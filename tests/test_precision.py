@@ -91,8 +91,11 @@ def test_int8_graph(variants):
     assert len(linear) == 4 * SMALL_KWARGS["depth"]  # qkv, proj, fc1, fc2 per block
     assert all(from_dq(n.input[0]) and from_dq(n.input[1]) for n in linear)
     assert len(attention) == 2 * SMALL_KWARGS["depth"] and not any(from_dq(i) for n in attention for i in n.input)
+    # the accurate recipe (export/precision.py RECIPES): the Linear MatMuls only; the patch Conv and the
+    # LayerNorms' residual inputs stay in float (the fast recipe quantized them: test below)
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    assert from_dq(conv.input[0]) and from_dq(conv.input[1])
+    assert not from_dq(conv.input[0]) and not from_dq(conv.input[1])
+    assert not any(from_dq(i) for n in model.graph.node if n.op_type in ("Add", "LayerNormalization") for i in n.input)
     # weights: initializer -> QuantizeLinear -> DequantizeLinear -> MatMul, per-channel (one scale per
     # output channel, axis 1 of the [in, out] weight) and symmetric (int8 zero point 0)
     for n in linear:
@@ -105,7 +108,7 @@ def test_int8_graph(variants):
         assert {a.name: a.i for a in dq.attribute}.get("axis") == 1
     assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == onnx.TensorProto.FLOAT
     ln = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
-    assert types[ln.output[0]] == onnx.TensorProto.FLOAT16  # FP16 for what is not quantized
+    assert types[ln.output[0]] == onnx.TensorProto.FLOAT  # FP32 for what is not quantized (the accurate recipe)
     meta = Metadata.from_onnx(path).data
     cal = meta["calibration"]
     assert cal["source"] == "builtin" and cal["count"] == 32 and cal["method"] == "max" and len(cal["list_sha256"]) == 64
@@ -114,8 +117,8 @@ def test_int8_graph(variants):
 
 def test_per_channel_weight_scales(variants):
     """Every weight quantizer (a QuantizeLinear on an initializer) has one scale per output channel,
-    in int8 and fp8 alike: 4 Linear layers per block (+ the patch Conv in int8)."""
-    for precision, extra in (("int8", 1), ("fp8", 0)):
+    in int8 and fp8 alike: 4 Linear layers per block."""
+    for precision, extra in (("int8", 0), ("fp8", 0)):  # the accurate recipe quantizes no Conv
         model = onnx.load(variants[0][precision])
         inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
         weight_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]
@@ -275,6 +278,29 @@ def test_gate_fails_on_overquantized_variant(variants, tmp_path):
     build(opts, log=lambda m: None)
     report = json.loads((out / "m_int8.onnx.parity.json").read_text())
     assert (out / "m_int8.onnx").is_file() and report["passed"] is False and report["overridden"] is True
+
+
+def test_the_gate_rejects_an_int8_made_the_old_way(tmp_path):
+    """The accurate recipe's gate (TOY_VIT_GATE, from its spread) rejects an int8 made the earlier, fast
+    way (seed 3 of the small ViT: fast 0.91 worst photo cosine, accurate 0.99; docs/precision.md); the
+    fast recipe stays reachable with its own gate, and each variant records its recipe."""
+    from export.gate import TOY_VIT_GATE_FAST
+
+    fast = _opts(tmp_path / "fast", seed=3, precision="int8", calib_dir="builtin", plan="no", quant_recipe="fast")
+    with pytest.raises(BuildError, match="m_int8.onnx failed its parity gate"):
+        build(fast, log=lambda m: None)
+    fast.gate = TOY_VIT_GATE_FAST
+    passed = build(fast, log=lambda m: None)["int8"]
+    accurate = build(_opts(tmp_path / "accurate", seed=3, precision="int8", calib_dir="builtin", plan="no"),
+                     log=lambda m: None)["int8"]
+    got = {}
+    for name, path in (("fast", passed), ("accurate", accurate)):
+        meta = Metadata.from_onnx(path).data
+        got[name] = (meta["precision_pass"]["recipe"], meta["precision_pass"]["high_precision_dtype"],
+                     meta["precision_pass"]["quantized_ops"])
+        assert meta["recipe"]["recipe"] == name
+    assert got["accurate"] == ("accurate", "fp32", {"MatMul": 8})  # the 4 Linear MatMuls of each of 2 blocks
+    assert got["fast"][:2] == ("fast", "fp16") and got["fast"][2].get("Conv") == 1
 
 
 # --- calibration inputs --------------------------------------------------------------------------
