@@ -96,10 +96,13 @@ triton: venv
 parity: venv
 	$(PY) -m benchmarks.parity --artifacts '$(ARTIFACTS)' $(if $(IMAGES),--images '$(IMAGES)') $(if $(LABELS),--labels '$(LABELS)') $(CHECKPOINT_ARG)
 
-# Latency/throughput of every backend side by side -> reports/bench.{json,md,png}; QUICK=0 for the full sweep
+# Latency/throughput side by side -> reports/bench.{json,md,png}: QUICK=1 (default) the artifact vitrt picks
+# here, PyTorch eager FP32 and OpenVINO's best accurate path, batches 1 and 8, a few minutes; QUICK=0 every
+# artifact, every peer, every batch size (docs/benchmarks.md has the time and memory of both)
 bench: venv
 	$(PY) -m benchmarks.preprocess --out reports
-	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(CHECKPOINT_ARG) $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(CHECKPOINT_ARG) \
+	  $(if $(filter-out builtin,$(CALIB_DIR)),--calib-dir '$(CALIB_DIR)') $(BENCH_ARGS)
 
 # Batch-job benchmark: end to end vs model-only vs a naive loop, stage split, defaults -> reports/batch.{json,md}
 bench-batch: venv

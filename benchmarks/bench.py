@@ -21,9 +21,12 @@ from typing import Any, Callable
 import numpy as np
 
 from .common import REPORTS, find_artifacts, machine_info, markdown_table, percentiles, reference_model, write_reports
+from .rows import VitrtPeer, peers, quick_rows, torch_device
 
-QUICK = {"batches": [1, 8], "warmup": 1, "min_iters": 3, "seconds": 0.0, "rounds": 1}
-FULL = {"batches": [1, 2, 4, 8, 16, 32], "warmup": 3, "min_iters": 10, "seconds": 10.0, "rounds": 3}
+#: quick: two interleaved rounds of one call per row and point (one warm-up call, in the first round):
+#: minutes on 2 cores for the full model (docs/benchmarks.md, "make bench itself"); full: the sweep.
+QUICK = {"batches": [1, 8], "warmup": 1, "later_warmup": 0, "min_iters": 2, "seconds": 0.0, "rounds": 2}
+FULL = {"batches": [1, 2, 4, 8, 16, 32], "warmup": 3, "later_warmup": 1, "min_iters": 10, "seconds": 10.0, "rounds": 3}
 
 
 def measure(fn: Callable[[], Any], warmup: int, min_iters: int, seconds: float, sync: Callable[[], None] = lambda: None) -> dict:
@@ -46,152 +49,27 @@ def summarize(m: dict, batch: int) -> dict:
     return {**m, "batch": batch, "img_s": batch * m["iters"] / m["seconds"]}
 
 
-class TorchPeer:
-    """A PyTorch peer over the same uint8-in graph as the artifacts (ImageModel: normalize in-model)."""
-
-    def __init__(self, name: str, model, data_config: dict, device: str, autocast: Any = None, compile: bool = False):
-        import torch
-
-        from export.graph import ImageModel
-
-        self.name, self.device, self.autocast = name, device, autocast
-        self.module = ImageModel(model, data_config).eval().to(device)
-        # model only: uint8 in, normalized in the module (the artifacts' graph); end to end: timm's
-        # normalized tensor into the timm model. Both compiled for the torch.compile peer.
-        self.fn = torch.compile(self.module) if compile else self.module
-        self.model_fn = torch.compile(self.module.model) if compile else self.module.model
-        self.data_config = data_config
-        self.tf = None
-
-    def _run(self, x):
-        import torch
-
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(self.device, dtype=self.autocast):
-                    return self.fn(x)
-            return self.fn(x)
-
-    def infer(self, batch: np.ndarray) -> dict:
-        import torch
-
-        out = self._run(torch.from_numpy(batch).to(self.device))
-        return {"logits": out[0].float().cpu().numpy(), "embedding": out[1].float().cpu().numpy()}
-
-    def predict(self, jpegs: list[bytes]):
-        """timm's own pipeline: decode, timm transform, model, softmax top-5."""
-        import timm.data
-        import torch
-        from PIL import Image
-
-        if self.tf is None:
-            self.tf = timm.data.create_transform(**self.data_config, is_training=False)
-        x = torch.stack([self.tf(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]).to(self.device)
-        with torch.inference_mode():
-            if self.autocast is not None:
-                with torch.autocast(self.device, dtype=self.autocast):
-                    logits = self.model_fn(x)
-            else:
-                logits = self.model_fn(x)
-            return torch.topk(logits.float().softmax(-1), 5).indices.cpu().numpy()
-
-    def sync(self):
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
-
-class VitrtPeer:
-    def __init__(self, artifact: Path, threads: int, backend: str | None = None):
-        import vitrt
-
-        self.engine = vitrt.Engine(artifact, threads=threads, backend=backend)
-        self.name = f"{artifact.name} ({self.engine.backend.name})"
-        self.max_batch = self.engine.metadata.max_batch
-        self.default = False  # vitrt's CPU default: the fleet rule's artifact on the runtime Engine picks
-
-    def infer(self, batch: np.ndarray):
-        return self.engine.infer(batch)
-
-    def predict(self, jpegs: list[bytes]):
-        return self.engine.predict(jpegs)
-
-    def sync(self):  # Engine.infer returns host arrays: it has synchronized already
-        pass
-
-
-def torch_device() -> str:
-    """Where the PyTorch peers run: "cuda" with an NVIDIA GPU that torch sees (FP16 autocast), else
-    "cpu" (bf16 autocast)."""
-    import torch
-
-    from vitrt.cuda import gpu_count
-
-    return "cuda" if gpu_count() and torch.cuda.is_available() else "cpu"
-
-
-def peers(artifacts: list[Path], threads: int, include_compile: bool = True, folder: Path | None = None,
-          skipped: dict | None = None, weights: str | None = None) -> list:
-    """PyTorch eager, autocast and torch.compile (same weights as the artifacts); on a CPU, the CPU peers
-    (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks for it, and on a CPU the
-    int8-cpu and fp32 ONNX on the other CPU runtime too. ``skipped`` receives the rows left out, with why."""
-    from vitrt.fleet import OPENVINO_PRECISIONS
-
-    import timm.data
-    import torch
-
-    onnx = next(p for p in artifacts if p.suffix == ".onnx")
-    model, meta = reference_model(onnx, weights)
-    data_config = timm.data.resolve_model_data_config(model)
-    device = torch_device()
-    skipped = {} if skipped is None else skipped
-    out: list = [TorchPeer("PyTorch eager FP32", model, data_config, device)]
-    if device == "cuda":
-        out.append(TorchPeer("PyTorch FP16 autocast", model, data_config, device, autocast=torch.float16))
-    else:
-        out.append(TorchPeer("PyTorch bf16 autocast", model, data_config, device, autocast=torch.bfloat16))
-    if include_compile:
-        out.append(TorchPeer("torch.compile FP32", model, data_config, device, compile=True))
-    if device == "cpu":
-        from . import cpu_peers
-
-        out += cpu_peers.cpu_peers(onnx, model, data_config, threads, skipped, include_compile)
-    default = _cpu_default(folder or onnx.parent) if device == "cpu" else None
-    for p in artifacts:
-        runner = VitrtPeer(p, threads)
-        runner.default = p == default
-        out.append(runner)
-        if p.suffix == ".onnx" and device == "cpu" and runner.engine.metadata.precision in OPENVINO_PRECISIONS:
-            other = "onnxruntime" if runner.engine.backend.name.startswith("openvino") else "openvino"
-            from benchmarks.cpu_peers import missing
-
-            if other == "onnxruntime" or not missing("openvino"):
-                out.append(VitrtPeer(p, threads, backend=other))
-            else:
-                skipped[f"{p.name} on OpenVINO"] = missing("openvino")
-    return out
-
-
-def _cpu_default(folder: Path) -> Path | None:
-    """The artifact ``vitrt.Engine(folder)`` runs on this machine, or None where the rule finds none."""
-    from vitrt.errors import VitrtError
-    from vitrt.fleet import choose
-
-    try:
-        return choose(folder)[0]
-    except VitrtError:
-        return None
-
-
 def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, batches: list[int] | None = None,
         seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True,
-        only: list[str] | None = None, rounds: int | None = None, weights: str | None = None) -> dict:
+        only: list[str] | None = None, rounds: int | None = None, weights: str | None = None,
+        calib_dir: str | None = None, concurrency: tuple[int, ...] | None = None, log=None) -> dict:
+    """Time the rows (quick: :func:`benchmarks.rows.quick_rows`; full: every peer) interleaved round by
+    round, batch size by batch size (what a row compiled for one batch size is released before the
+    next: bounded memory); then the in-process batching rows (benchmarks/batcher.py). Progress goes to
+    stderr, a line per row and phase."""
+    import resource
+
     import torch
 
     from vitrt.errors import ArtifactError
 
     from .preprocess import make_jpegs
+
+    t_start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if log is not None or progress:
+            (log or (lambda m: print(m, file=sys.stderr, flush=True)))(f"[{time.perf_counter() - t_start:6.0f} s] {msg}")
 
     cfg = dict(QUICK if quick else FULL)
     if batches:
@@ -214,7 +92,11 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
     if not any(p.suffix == ".onnx" for p in artifacts):
         raise ArtifactError(f"no vitrt artifacts in {artifacts_dir}; build them with `make engine`")
     skipped: dict[str, str] = {}
-    runners = peers(artifacts, threads, include_compile, folder=Path(artifacts_dir), skipped=skipped, weights=weights)
+    if quick:
+        runners = quick_rows(Path(artifacts_dir), threads, skipped, weights, calib_dir, log=say)
+    else:
+        runners = peers(artifacts, threads, include_compile, folder=Path(artifacts_dir), skipped=skipped,
+                        weights=weights, calib_dir=calib_dir, log=say)
     jpegs = [data for _, data in make_jpegs()]
     rng = np.random.default_rng(0)
     import vitrt
@@ -222,30 +104,30 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
     from . import standing
 
     crops = np.stack([vitrt.preprocess(j) for j in jpegs])
+    say(f"accuracy of {len(runners)} rows on the photos")
     acc = standing.accuracy(runners, standing.photo_crops())
     results: dict[str, dict[str, dict]] = {"model": {}, "e2e": {}}
     times: dict = {}
     rounds = cfg["rounds"]
-    steps = [(b, mode, k, r) for b in cfg["batches"] for mode in ("model", "e2e") for k in range(rounds)
-             for r in runners if b <= getattr(r, "max_batch", 10**9)]
-    bar = _bar(len(steps), progress)
     inputs = {b: (crops[rng.integers(0, len(crops), b)], [jpegs[i % len(jpegs)] for i in range(b)]) for b in cfg["batches"]}
-    for b, mode, k, runner in steps:  # interleaved: each round times every row once, so a slow spell hits all
-        batch, files = inputs[b]
-        fn = (lambda: runner.infer(batch)) if mode == "model" else (lambda: runner.predict(files))
-        if bar is not None:
-            bar.set_description(f"{runner.name[:40]} {mode} b{b} round {k + 1}")
-        m = measure(fn, cfg["warmup"] if k == 0 else 1, -(-cfg["min_iters"] // rounds), cfg["seconds"] / rounds,
-                    runner.sync)
-        times.setdefault((mode, runner.name, b), []).extend(m.pop("times"))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    for b in cfg["batches"]:
+        for mode in ("model", "e2e"):
+            for k in range(rounds):  # interleaved: each round times every row once, so a slow spell hits all
+                say(f"batch {b}, {mode}, round {k + 1}/{rounds}: {len(runners)} rows")
+                for runner in (r for r in runners if b <= getattr(r, "max_batch", 10**9)):
+                    batch, files = inputs[b]
+                    fn = (lambda: runner.infer(batch)) if mode == "model" else (lambda: runner.predict(files))
+                    m = measure(fn, cfg["warmup"] if k == 0 else cfg["later_warmup"], -(-cfg["min_iters"] // rounds),
+                                cfg["seconds"] / rounds, runner.sync)
+                    times.setdefault((mode, runner.name, b), []).extend(m.pop("times"))
+        for runner in runners:  # what was compiled for this batch size goes before the next
+            if hasattr(runner, "release"):
+                runner.release(b)
     for (mode, name, b), t in times.items():
         results[mode].setdefault(name, {})[str(b)] = summarize(
             {"iters": len(t), "seconds": float(sum(t)), **percentiles(t)}, b)
     default = next((r for r in runners if getattr(r, "default", False)), None)
+    default_path = default.engine.path if default is not None else None
     for r in runners:
         if isinstance(r, VitrtPeer):
             r.engine.close()
@@ -255,27 +137,29 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
             for b, m in per_batch.items():
                 ref = results[mode][base].get(b)
                 m["vs_eager"] = m["img_s"] / ref["img_s"] if ref else None
-    report = {"results": results, "accuracy": acc, "skipped": skipped,
+    macs = standing.vit_macs(runners[0].module.model) if default is not None else None  # the reference's shape
+    del runners
+    conc = None
+    if default_path is not None and concurrency != ():
+        from .batcher import concurrency_rows
+
+        say("in-process batching: 1, 8 and 32 callers, with and without")
+        conc = concurrency_rows(default_path, concurrency or (1, 8, 32), per_caller=1, log=say)
+    rss = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}
+    report = {"results": results, "accuracy": acc, "skipped": skipped, "concurrency": conc,
+              "peak_rss_gb": rss, "seconds": round(time.perf_counter() - t_start, 1),
               "verdict": standing.verdict(results, acc, default and default.name, cfg["batches"]),
               "config": {**cfg, "threads": threads, "threads_why": threads_why, "quick": quick},
               "baseline": base, "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python -m benchmarks.bench"] + sys.argv[1:])}
     if default is not None:
-        macs = standing.vit_macs(reference_model(default.engine.path, weights)[0])
         report["limit"] = {b: standing.limit(results["model"][default.name][b]["img_s"], macs, threads)
                            for b in results["model"][default.name]}
     md = to_markdown(report)
     report["paths"] = {k: str(v) for k, v in write_reports("bench", report, md, figure(report), out).items()}
     print(md)
     return report
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="point", leave=False, file=sys.stderr)
 
 
 def to_markdown(report: dict) -> str:
@@ -307,6 +191,16 @@ def to_markdown(report: dict) -> str:
                       f"{'met' if v['own_accurate'] else 'NOT met'}):", ""]
         lines += [f"- {pt}: {p['ratio']:.2f}x {p['fastest_peer']} ({'first' if p['first'] else 'not first'})"
                   for pt, p in v["points"].items()]
+    if report.get("concurrency"):
+        lines += ["", "**In-process batching** (`Engine(batching=True)` against plain calls, one JPEG a call; "
+                      "docs/serving.md):", "",
+                  markdown_table(["batching", "callers", "img/s", "p50 ms", "p99 ms"],
+                                 [["on" if r["batching"] else "off", r["callers"], f"{r['img_s']:.2f}", f"{r['p50']:.0f}",
+                                   f"{r['p99']:.0f}"] for r in report["concurrency"]])]
+    rss = report.get("peak_rss_gb") or {}
+    if rss:
+        lines.append(f"\nRun: {report.get('seconds', 0):.0f} s, peak resident memory {rss['self']:.1f} GB "
+                     f"(child processes {rss['children']:.1f} GB).")
     for b, lim in (report.get("limit") or {}).items():
         if "share_int8" in lim:
             per = ", ".join(f"{k} {x['macs']}/cycle ({x['instruction']})" for k, x in lim["per_cycle"].items())
@@ -364,6 +258,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="FILES",
                    help="comma-separated artifact file names to time (default: every artifact found)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
+    p.add_argument("--calib-dir", default=None, metavar="DIR",
+                   help="int8-cpu's calibration folder, for the NNCF/PT2E peers (its metadata keeps the folder's "
+                        "name, not its path) (default: the builtin set)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="the checkpoint the artifacts were built from, where it was a file or folder (their metadata "
                         "keeps its name and sha256, not its path) (default: none: hub or random weights)")
@@ -372,7 +269,8 @@ def main(argv=None) -> int:
 
     try:
         run(args.artifacts, quick=not args.full, threads=args.threads, batches=args.batches, seconds=args.seconds,
-            include_compile=args.compile, out=args.out, only=args.only, rounds=args.rounds, weights=args.weights)
+            include_compile=args.compile, out=args.out, only=args.only, rounds=args.rounds, weights=args.weights,
+            calib_dir=args.calib_dir)
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

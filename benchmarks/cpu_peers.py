@@ -69,20 +69,28 @@ class OpenVINOPeer(CropPeer):
         out = c(batch)
         return {o.any_name: out[o] for o in c.outputs}
 
+    def release(self, batch: int) -> None:
+        """Free the model compiled for ``batch`` (each holds its own copy of the weights)."""
+        self.compiled.pop(batch, None)
 
-def openvino_peers(fp32_onnx: Path, calib: np.ndarray, threads: int, cpu_isa: list[str]) -> list:
-    """OpenVINO FP32, bf16 (where the CPU has it) and NNCF INT8 (MIXED, TRANSFORMER) on ``calib``."""
+
+def nncf_int8(fp32_onnx: Path, calib: np.ndarray, threads: int) -> OpenVINOPeer:
+    """OpenVINO INT8 from NNCF (MIXED preset, TRANSFORMER model type) on ``calib``."""
     import nncf
-
-    out = [OpenVINOPeer("OpenVINO FP32", fp32_onnx, threads, "f32")]
-    if {"AVX-512 BF16", "AMX-BF16"} & set(cpu_isa):
-        out.append(OpenVINOPeer("OpenVINO bf16", fp32_onnx, threads, "bf16"))
     import openvino as ov
 
     quantized = nncf.quantize(ov.Core().read_model(str(fp32_onnx)), nncf.Dataset(list(calib), lambda x: x[None]),
                               model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
                               subset_size=len(calib))
-    out.append(OpenVINOPeer("OpenVINO NNCF INT8", quantized, threads, "f32"))
+    return OpenVINOPeer("OpenVINO NNCF INT8", quantized, threads, "f32")
+
+
+def openvino_peers(fp32_onnx: Path, calib: np.ndarray, threads: int, cpu_isa: list[str]) -> list:
+    """OpenVINO FP32, bf16 (where the CPU has it) and NNCF INT8 (MIXED, TRANSFORMER) on ``calib``."""
+    out = [OpenVINOPeer("OpenVINO FP32", fp32_onnx, threads, "f32")]
+    if {"AVX-512 BF16", "AMX-BF16"} & set(cpu_isa):
+        out.append(OpenVINOPeer("OpenVINO bf16", fp32_onnx, threads, "bf16"))
+    out.append(nncf_int8(fp32_onnx, calib, threads))
     return out
 
 
@@ -138,26 +146,31 @@ def torch_pt2e_int8(model, data_config: dict, calib: np.ndarray) -> TorchCropPee
     return TorchCropPeer("PyTorch PT2E int8 (Inductor)", torch.compile(converted, dynamic=False))
 
 
-def calibration_images(fp32_onnx: Path, data_config: dict) -> np.ndarray:
-    """The images int8-cpu was calibrated on (its metadata names them; the builtin set where the
-    int8-cpu artifact is absent)."""
+def calibration_images(fp32_onnx: Path, data_config: dict, calib_dir: str | None = None,
+                       skipped: dict | None = None) -> np.ndarray:
+    """The images int8-cpu was calibrated on: ``calib_dir`` (CALIB_DIR=; the metadata keeps the folder's
+    name and sha256, not its path), the builtin set where int8-cpu used it or is absent; otherwise the
+    builtin set, and ``skipped`` says the peers calibrated on other images than int8-cpu."""
     from export.calibration import BUILTIN, load_calibration
     from vitrt.artifacts import metadata_of, onnx_path
 
     int8 = onnx_path(fp32_onnx.parent, fp32_onnx.stem, "int8-cpu")
-    source = BUILTIN
-    if int8.is_file():
-        source = (metadata_of(int8).data.get("calibration") or {}).get("source") or BUILTIN
+    used = (metadata_of(int8).data.get("calibration") or {}).get("source") if int8.is_file() else BUILTIN
+    source = calib_dir or BUILTIN
+    if used not in (BUILTIN, None) and not calib_dir and skipped is not None:
+        skipped["the same calibration images as int8-cpu"] = (
+            f"int8-cpu was calibrated on the folder {used!r}, whose path its metadata does not keep; the NNCF and "
+            "PT2E peers used the builtin set: pass CALIB_DIR= to make bench")
     return load_calibration(source, data_config, log=lambda m: None, warn_small=False)[0]
 
 
 def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: dict,
-              include_compile: bool = True) -> list:
+              include_compile: bool = True, calib_dir: str | None = None) -> list:
     """Every CPU peer whose packages are here; ``skipped`` receives the others with the reason."""
     from vitrt.cpu import read_cpuinfo
 
     out: list = []
-    calib = calibration_images(fp32_onnx, data_config)
+    calib = calibration_images(fp32_onnx, data_config, calib_dir, skipped)
     why = missing("openvino") or missing("nncf")
     if why:
         skipped["OpenVINO FP32 / bf16 / NNCF INT8"] = why
