@@ -112,8 +112,11 @@ bench-batch: venv
 bench-serve: venv serve-venv
 	VITRT_SERVE_PYTHON=$(abspath $(SERVE_PY)) $(PY) -m benchmarks.serve --artifacts '$(ARTIFACTS)' $(BENCH_ARGS)
 
+# Two processes, a test file each at a time (pytest-xdist, --dist loadfile: a file's module fixtures are
+# built once), the slowest files first (tests/conftest.py); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 test: venv serve-venv
-	VITRT_SERVE_PYTHON=$(abspath $(SERVE_PY)) $(PY) -m pytest -q $(PYTEST_ARGS)
+	VITRT_SERVE_PYTHON=$(abspath $(SERVE_PY)) $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(ARTIFACTS) reports $(TRITON_REPO)

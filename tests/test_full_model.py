@@ -31,7 +31,8 @@ def full(tmp_path_factory):
 
 def test_full_plans_are_real_tensorrt_rtx_engines(full):
     """86.9 M parameters: FP16 weights alone are 174 MB, so an fp16 engine under 150 MB would have lost
-    weights; INT8 stores the 85 M Linear/Conv weights in one byte (85 MB) plus FP16 for the rest."""
+    weights; INT8 stores the 85 M Linear weights in one byte (85 MB), the rest (the patch Conv, the head,
+    norms and biases: 2 M) in FP32 (the accurate recipe)."""
     pytest.importorskip("tensorrt_rtx")
     assert "TensorRT plans: tensorrt-rtx" in full["log"]
     for precision, low, high in (("fp16", 150e6, 220e6), ("int8", 85e6, 140e6)):
@@ -75,7 +76,8 @@ def test_full_parity_reports(full, precision):
     assert all(check["held"] for check in report["thresholds"].values())
     photos = report["metrics"]["photos"]["embedding"]["cosine_min"]
     # what was measured on this model (see export.parity.THRESHOLDS), with a margin for other CPUs
-    assert photos > {"fp32": 0.999999, "fp16": 0.9999, "int8": 0.99}[precision]
+    # (int8: 0.9990 on seed 0, docs/precision.md; the gate's own limit is 0.995)
+    assert photos > {"fp32": 0.999999, "fp16": 0.9999, "int8": 0.997}[precision]
 
 
 def test_full_int8_structure(full):
