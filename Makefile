@@ -32,10 +32,12 @@ PYTEST_ARGS ?=
 #   TRT           TensorRT flavour: auto | tensorrt | tensorrt-rtx
 #   TARGETS       TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120 (fp8 plans keep sm89+)
 #   CALIB_METHOD  max | entropy
+#   QUANT_RECIPE  int8/fp8 for TensorRT: accurate | fast (docs/precision.md, "INT8 and FP8 recipes")
 #   PLAN_MIN_BATCH, PLAN_OPT_BATCH, PLAN_MAX_BATCH   the plans' optimization profile
 TRT      ?=
 TARGETS  ?=
 CALIB_METHOD ?=
+QUANT_RECIPE ?=
 PLAN_MIN_BATCH ?=
 PLAN_OPT_BATCH ?=
 PLAN_MAX_BATCH ?=
@@ -78,7 +80,7 @@ engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
 	  $(if $(MODEL),--model '$(MODEL)') $(if $(CLASS_NAMES),--class-names '$(CLASS_NAMES)') \
 	  --precision '$(PRECISION)' --plan '$(PLAN)' \
 	  $(if $(TRT),--trt '$(TRT)') $(if $(TARGETS),--targets '$(TARGETS)') \
-	  $(if $(CALIB_METHOD),--calib-method '$(CALIB_METHOD)') \
+	  $(if $(CALIB_METHOD),--calib-method '$(CALIB_METHOD)') $(if $(QUANT_RECIPE),--quant-recipe '$(QUANT_RECIPE)') \
 	  $(if $(PLAN_MIN_BATCH),--min-batch $(PLAN_MIN_BATCH)) $(if $(PLAN_OPT_BATCH),--opt-batch $(PLAN_OPT_BATCH)) \
 	  $(if $(PLAN_MAX_BATCH),--max-batch-plan $(PLAN_MAX_BATCH)) \
 	  $(if $(CALIB_DIR),--calib-dir '$(CALIB_DIR)') $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(EXPORT_ARGS)
