@@ -58,7 +58,8 @@ def summarize(m: dict, batch: int) -> dict:
 def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, batches: list[int] | None = None,
         seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True,
         only: list[str] | None = None, rounds: int | None = None, weights: str | None = None,
-        calib_dir: str | None = None, concurrency: tuple[int, ...] | None = None, log=None) -> dict:
+        calib_dir: str | None = None, concurrency: tuple[int, ...] | None = None, log=None,
+        min_iters: int | None = None, warmup: int | None = None) -> dict:
     """Time the rows (quick: :func:`benchmarks.rows.quick_rows`; full: every peer) interleaved round by
     round, batch size by batch size (what a row compiled for one batch size is released before the
     next: bounded memory); then the in-process batching rows (benchmarks/batcher.py). Progress goes to
@@ -84,6 +85,10 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
         cfg["seconds"] = seconds
     if rounds:
         cfg["rounds"] = rounds
+    if min_iters:
+        cfg["min_iters"] = min_iters
+    if warmup is not None:
+        cfg["warmup"] = warmup
     from vitrt.cpu import usable_cores
 
     threads, threads_why = (threads, "--threads") if threads else usable_cores()
@@ -122,6 +127,7 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
             for k in range(rounds):  # interleaved: each round times every row once, so a slow spell hits all
                 say(f"batch {b}, {mode}, round {k + 1}/{rounds}: {len(runners)} rows")
                 for runner in (r for r in runners if b <= getattr(r, "max_batch", 10**9)):
+                    say(f"timing {runner.name}: batch {b}, {mode}, round {k + 1}/{rounds}")
                     batch, files = inputs[b]
                     fn = (lambda: runner.infer(batch)) if mode == "model" else (lambda: runner.predict(files))
                     m = measure(fn, cfg["warmup"] if k == 0 else cfg["later_warmup"], -(-cfg["min_iters"] // rounds),
@@ -261,7 +267,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for every row (default: the physical cores this process may use)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds per point, each row timed once per round (default: 1 quick, 3 full)")
+                   help="interleaved rounds per point, each row timed once per round (default: 2 quick, 3 full)")
+    p.add_argument("--min-iters", type=int, default=None,
+                   help="timed calls per point at least, over all rounds (default: 2 quick, 10 full)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed calls per row and point before its first round (default: 1 quick, 3 full)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer (default: include)")
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="FILES",
                    help="comma-separated artifact file names to time (default: every artifact found)")
@@ -278,7 +288,7 @@ def main(argv=None) -> int:
     try:
         run(args.artifacts, quick=not args.full, threads=args.threads, batches=args.batches, seconds=args.seconds,
             include_compile=args.compile, out=args.out, only=args.only, rounds=args.rounds, weights=args.weights,
-            calib_dir=args.calib_dir)
+            calib_dir=args.calib_dir, min_iters=args.min_iters, warmup=args.warmup)
     except VitrtError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -165,7 +165,7 @@ def calibration_images(fp32_onnx: Path, data_config: dict, calib_dir: str | None
 
 
 def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: dict,
-              include_compile: bool = True, calib_dir: str | None = None) -> list:
+              include_compile: bool = True, calib_dir: str | None = None, log=print) -> list:
     """Every CPU peer whose packages are here; ``skipped`` receives the others with the reason."""
     from vitrt.cpu import read_cpuinfo
 
@@ -175,11 +175,14 @@ def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: 
     if why:
         skipped["OpenVINO FP32 / bf16 / NNCF INT8"] = why
     else:
+        log("bench: building OpenVINO FP32 (and bf16 where the CPU has it) and NNCF INT8 (its calibration)")
         out += openvino_peers(fp32_onnx, calib, threads, read_cpuinfo().isa)
+    log("bench: building PyTorch dynamic int8")
     out.append(torch_dynamic_int8(model, data_config))
     why = missing("torchao") or (None if include_compile else "--no-compile")
     if why:
         skipped["PyTorch PT2E int8 (Inductor)"] = why
     else:
+        log("bench: building PyTorch PT2E int8 (its calibration; Inductor compiles at each batch size's first call)")
         out.append(torch_pt2e_int8(model, data_config, calib))
     return out

@@ -153,6 +153,7 @@ def quick_rows(folder: Path, threads: int, skipped: dict, weights: str | None = 
             calib = cpu_peers.calibration_images(fp32, data_config, calib_dir, skipped)
             out.append(cpu_peers.nncf_int8(fp32, calib, threads))
         else:
+            log("bench: opening the fp32 ONNX on OpenVINO FP32 (its int8 is slower on this CPU: vitrt.fleet)")
             out.append(cpu_peers.OpenVINOPeer("OpenVINO FP32", fp32, threads, "f32"))
     else:
         out.append(TorchPeer("PyTorch FP16 autocast", model, data_config, device, autocast=torch.float16))
@@ -184,8 +185,7 @@ def peers(artifacts: list[Path], threads: int, include_compile: bool = True, fol
     if device == "cpu":
         from . import cpu_peers
 
-        log("bench: building the CPU peers (OpenVINO FP32/bf16, NNCF INT8, PyTorch dynamic and PT2E int8)")
-        out += cpu_peers.cpu_peers(onnx, model, data_config, threads, skipped, include_compile, calib_dir)
+        out += cpu_peers.cpu_peers(onnx, model, data_config, threads, skipped, include_compile, calib_dir, log=log)
     default = _cpu_default(folder or onnx.parent) if device == "cpu" else None
     for p in artifacts:
         runner = VitrtPeer(p, threads)

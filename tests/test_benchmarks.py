@@ -160,6 +160,7 @@ def test_bench_quick_end_to_end(small_artifacts, tmp_path):
     assert [p for p in phases if p.startswith("batch ")] == [
         f"batch {b}, {m}, round {k}/2: {len(names)} rows" for b, m in ((1, "model"), (1, "e2e"), (8, "model"))
         for k in (1, 2)]
+    assert len([p for p in phases if p.startswith("timing ")]) == 6 * len(names)  # a line per row and phase
     md = (tmp_path / "bench.md").read_text()
     assert "Model only" in md and "In-process batching" in md and "peak resident memory" in md
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
