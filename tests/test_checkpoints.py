@@ -258,6 +258,35 @@ def test_renaming_rewrites_metadata_only(finetune5, tmp_path):
     assert not list((tmp_path / "art").glob(".*tmp*"))
 
 
+def test_renaming_reaches_the_plan_and_its_sidecar_only(finetune5, tmp_path):
+    """The same with a TensorRT-RTX plan in the set: the new names land in its sidecar, the plan file's
+    bytes stay as built (no plan rebuilt), and the sidecar still names the plan's sha256."""
+    pytest.importorskip("tensorrt_rtx")
+    from conftest import SMALL_KWARGS
+    from export.build import BuildOptions, build
+    from export.gate import TOY_VIT_GATE
+    from vitrt.artifacts import sidecar_path
+    from vitrt.metadata import sha256_file
+
+    def run(names):
+        logs = []
+        path = tmp_path / "names.txt"
+        path.write_text("\n".join(names) + "\n")
+        opts = BuildOptions(weights=str(finetune5), model_kwargs=SMALL_KWARGS, output_dir=tmp_path / "art", name="m",
+                            precision="fp16", plan="yes", trt="tensorrt-rtx", class_names=str(path))
+        opts.gate = TOY_VIT_GATE
+        return build(opts, log=logs.append), logs
+
+    built, _ = run([f"a{i}" for i in range(5)])
+    plan = next(p for k, p in built.items() if k.startswith("plan_"))
+    before = sha256_file(plan)
+    built, logs = run([f"b{i}" for i in range(5)])
+    assert not any(ln.startswith(("exported", "making", "building")) for ln in logs), logs  # nothing rebuilt
+    side = json.loads(sidecar_path(plan).read_text())
+    assert side["class_names"] == [f"b{i}" for i in range(5)]
+    assert sha256_file(plan) == before == side["plan"]["sha256"]
+
+
 # --- timm's other 384 ViTs, small -------------------------------------------------------------------------
 FAMILIES = {  # the tested names (README, "Your own model"): each at depth 1 with its real width and data config
     "vit_small_patch16_384.augreg_in21k_ft_in1k": 384,
