@@ -229,22 +229,25 @@ def test_bad_class_names_say_what_is_wrong(tmp_path, text, message):
         read_class_names(path)
 
 
+def _build_named(finetune5, out, names: list[str], **opts):
+    """Build the fine-tune's set into ``out`` with ``names`` as its CLASS_NAMES; (built, log lines)."""
+    from conftest import SMALL_KWARGS
+    from export.build import BuildOptions, build
+    from export.gate import TOY_VIT_GATE
+
+    logs = []
+    path = out.parent / "names.txt"
+    path.write_text("\n".join(names) + "\n")
+    built = build(BuildOptions(weights=str(finetune5), model_kwargs=SMALL_KWARGS, output_dir=out, name="m",
+                               class_names=str(path), gate=TOY_VIT_GATE, **opts), log=logs.append)
+    return built, logs
+
+
 def test_renaming_rewrites_metadata_only(finetune5, tmp_path):
     """New CLASS_NAMES on a built set: no graph rebuilt (the fp32 export and the int8-cpu pass are not run
     again), every file's names replaced atomically, and the variant still up to date on the next build."""
-    from conftest import SMALL_KWARGS, _quiet
-    from export.build import BuildOptions, build
-
     def run(names):
-        logs = []
-        path = tmp_path / "names.txt"
-        path.write_text("\n".join(names) + "\n")
-        opts = BuildOptions(weights=str(finetune5), model_kwargs=SMALL_KWARGS, output_dir=tmp_path / "art", name="m",
-                            precision="int8-cpu", calib_dir="builtin", plan="no", class_names=str(path))
-        from export.gate import TOY_VIT_GATE
-
-        opts.gate = TOY_VIT_GATE
-        return build(opts, log=logs.append), logs
+        return _build_named(finetune5, tmp_path / "art", names, precision="int8-cpu", calib_dir="builtin", plan="no")
 
     built, logs = run([f"a{i}" for i in range(5)])
     assert any("wrote" in ln and "m_int8_cpu.onnx" in ln for ln in logs)
@@ -262,20 +265,11 @@ def test_renaming_reaches_the_plan_and_its_sidecar_only(finetune5, tmp_path):
     """The same with a TensorRT-RTX plan in the set: the new names land in its sidecar, the plan file's
     bytes stay as built (no plan rebuilt), and the sidecar still names the plan's sha256."""
     pytest.importorskip("tensorrt_rtx")
-    from conftest import SMALL_KWARGS
-    from export.build import BuildOptions, build
-    from export.gate import TOY_VIT_GATE
     from vitrt.artifacts import sidecar_path
     from vitrt.metadata import sha256_file
 
     def run(names):
-        logs = []
-        path = tmp_path / "names.txt"
-        path.write_text("\n".join(names) + "\n")
-        opts = BuildOptions(weights=str(finetune5), model_kwargs=SMALL_KWARGS, output_dir=tmp_path / "art", name="m",
-                            precision="fp16", plan="yes", trt="tensorrt-rtx", class_names=str(path))
-        opts.gate = TOY_VIT_GATE
-        return build(opts, log=logs.append), logs
+        return _build_named(finetune5, tmp_path / "art", names, precision="fp16", plan="yes", trt="tensorrt-rtx")
 
     built, _ = run([f"a{i}" for i in range(5)])
     plan = next(p for k, p in built.items() if k.startswith("plan_"))
