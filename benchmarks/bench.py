@@ -12,7 +12,6 @@ Writes reports/bench.{json,md,png} and prints the tables.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -20,20 +19,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .common import REPORTS, find_artifacts, machine_info, markdown_table, percentiles, reference_model, write_reports
-from .rows import VitrtPeer, peers, quick_rows, torch_device
+from .common import REPORTS, find_artifacts, machine_info, markdown_table, percentiles, write_reports
+from .rows import VitrtPeer, full_specs, quick_rows, torch_device
 
-#: quick: two interleaved rounds of one call per row and point (one warm-up call, in the first round):
-#: minutes on 2 cores for the full model (docs/benchmarks.md, "make bench itself"); full: the sweep.
 #: The quick run (`make bench`) fits 5 minutes on 2 cores with the default artifacts (measured: docs/benchmarks.md,
-#: "`make bench` itself"): model-only at batches 1 and 8, end to end at batch 1, accuracy on every other
-#: photo (8), in-process batching at 1 and 8 callers. The full run: every batch size, both modes, 16 photos,
-#: 1, 8 and 32 callers.
+#: "`make bench` itself"): three rows interleaved in two rounds of one call per row and point (one warm-up
+#: call, in the first round): model only at batches 1 and 8, end to end at batch 1, accuracy on every other
+#: photo (8), in-process batching at 1 and 8 callers.
 QUICK = {"batches": [1, 8], "e2e_batches": [1], "warmup": 1, "later_warmup": 0, "min_iters": 2, "seconds": 0.0,
          "rounds": 2, "photo_step": 2, "callers": (1, 8)}
-FULL = {"batches": [1, 2, 4, 8, 16, 32], "e2e_batches": None, "warmup": 3, "later_warmup": 1, "min_iters": 10,
-        "seconds": 10.0, "rounds": 3, "photo_step": 1, "callers": (1, 8, 32)}
-
+#: The full run (`make bench QUICK=0`): every row in its own process (benchmarks/sweep.py), model only at
+#: every batch size, end to end at 1 and 8 (on a CPU, decoding and preprocessing are about 1 % of a
+#: call: docs/benchmarks.md, the batch job's stages), a point one warm-up call then at least one timed
+#: call and 5 s (at batch 32 a call takes half a minute or more on 2 cores), 16 photos, 1, 8 and 32 callers.
+FULL = {"batches": [1, 2, 4, 8, 16, 32], "e2e_batches": [1, 8], "warmup": 1, "later_warmup": 0, "min_iters": 1,
+        "seconds": 5.0, "rounds": 1, "photo_step": 1, "callers": (1, 8, 32)}
 
 def measure(fn: Callable[[], Any], warmup: int, min_iters: int, seconds: float, sync: Callable[[], None] = lambda: None) -> dict:
     """Call ``fn`` ``warmup`` times, then time calls until both ``min_iters`` and ``seconds`` are reached."""
@@ -55,22 +55,73 @@ def summarize(m: dict, batch: int) -> dict:
     return {**m, "batch": batch, "img_s": batch * m["iters"] / m["seconds"]}
 
 
+
+def bench_inputs(batches: list[int]) -> dict[int, tuple[np.ndarray, list[bytes]]]:
+    """Per batch size: a uint8 crop batch (model only) and that many JPEGs (end to end), the same every run."""
+    import vitrt
+
+    from .preprocess import make_jpegs
+
+    jpegs = [data for _, data in make_jpegs()]
+    crops = np.stack([vitrt.preprocess(j) for j in jpegs])
+    rng = np.random.default_rng(0)
+    return {b: (crops[rng.integers(0, len(crops), b)], [jpegs[i % len(jpegs)] for i in range(b)]) for b in batches}
+
+
+def _quick(artifacts_dir: Path, cfg: dict, threads: int, skipped: dict, weights, calib_dir, say):
+    """The quick rows (:func:`benchmarks.rows.quick_rows`) in one process, timed interleaved round by round,
+    batch size by batch size (what a row compiled for one batch size is released before the next)."""
+    from . import standing
+
+    runners = quick_rows(Path(artifacts_dir), threads, skipped, weights, calib_dir, log=say)
+    say(f"accuracy of {len(runners)} rows on the photos")
+    acc = standing.accuracy(runners, standing.photo_crops()[::cfg["photo_step"]])
+    times: dict = {}
+    rounds = cfg["rounds"]
+    inputs = bench_inputs(cfg["batches"])
+    e2e_batches = cfg["e2e_batches"] or cfg["batches"]
+    for b in cfg["batches"]:
+        for mode in ("model", "e2e") if b in e2e_batches else ("model",):
+            for k in range(rounds):  # interleaved: each round times every row once, so a slow spell hits all
+                say(f"batch {b}, {mode}, round {k + 1}/{rounds}: {len(runners)} rows")
+                for runner in (r for r in runners if b <= getattr(r, "max_batch", 10**9)):
+                    say(f"timing {runner.name}: batch {b}, {mode}, round {k + 1}/{rounds}")
+                    batch, files = inputs[b]
+                    fn = (lambda: runner.infer(batch)) if mode == "model" else (lambda: runner.predict(files))
+                    m = measure(fn, cfg["warmup"] if k == 0 else cfg["later_warmup"], -(-cfg["min_iters"] // rounds),
+                                cfg["seconds"] / rounds, runner.sync)
+                    times.setdefault((mode, runner.name, b), []).extend(m.pop("times"))
+        for runner in runners:  # what was compiled for this batch size goes before the next
+            if hasattr(runner, "release"):
+                runner.release(b)
+    results: dict[str, dict[str, dict]] = {"model": {}, "e2e": {}}
+    for (mode, name, b), t in times.items():
+        results[mode].setdefault(name, {})[str(b)] = summarize(
+            {"iters": len(t), "seconds": float(sum(t)), **percentiles(t)}, b)
+    default = next((r for r in runners if getattr(r, "default", False)), None)
+    for r in runners:
+        if isinstance(r, VitrtPeer):
+            r.engine.close()
+    macs = standing.vit_macs(runners[0].module.model)  # the reference's shape
+    return (results, acc, default and default.name, default and default.engine.path, macs, None)
+
+
 def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, batches: list[int] | None = None,
         seconds: float | None = None, include_compile: bool = True, out: Path = REPORTS, progress: bool = True,
         only: list[str] | None = None, rounds: int | None = None, weights: str | None = None,
         calib_dir: str | None = None, concurrency: tuple[int, ...] | None = None, log=None,
         min_iters: int | None = None, warmup: int | None = None) -> dict:
-    """Time the rows (quick: :func:`benchmarks.rows.quick_rows`; full: every peer) interleaved round by
-    round, batch size by batch size (what a row compiled for one batch size is released before the
-    next: bounded memory); then the in-process batching rows (benchmarks/batcher.py). Progress goes to
-    stderr, a line per row and phase."""
+    """Time the rows: quick (:func:`_quick`), three rows in this process, interleaved round by round; full
+    (benchmarks/sweep.py), every row in its own process, one after another (bounded memory: one row's).
+    Then the in-process batching rows (benchmarks/batcher.py). Progress goes to stderr, a line per row
+    and phase."""
     import resource
 
     import torch
 
     from vitrt.errors import ArtifactError
 
-    from .preprocess import make_jpegs
+    from . import standing
 
     t_start = time.perf_counter()
 
@@ -104,54 +155,27 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
         raise ArtifactError(f"no vitrt artifacts in {artifacts_dir}; build them with `make engine`")
     skipped: dict[str, str] = {}
     if quick:
-        runners = quick_rows(Path(artifacts_dir), threads, skipped, weights, calib_dir, log=say)
+        results, acc, default_name, default_path, macs, rows = _quick(artifacts_dir, cfg, threads, skipped, weights,
+                                                                      calib_dir, say)
     else:
-        runners = peers(artifacts, threads, include_compile, folder=Path(artifacts_dir), skipped=skipped,
-                        weights=weights, calib_dir=calib_dir, log=say)
-    jpegs = [data for _, data in make_jpegs()]
-    rng = np.random.default_rng(0)
-    import vitrt
+        from .sweep import sweep
 
-    from . import standing
-
-    crops = np.stack([vitrt.preprocess(j) for j in jpegs])
-    say(f"accuracy of {len(runners)} rows on the photos")
-    acc = standing.accuracy(runners, standing.photo_crops()[::cfg["photo_step"]])
-    results: dict[str, dict[str, dict]] = {"model": {}, "e2e": {}}
-    times: dict = {}
-    rounds = cfg["rounds"]
-    inputs = {b: (crops[rng.integers(0, len(crops), b)], [jpegs[i % len(jpegs)] for i in range(b)]) for b in cfg["batches"]}
-    e2e_batches = cfg["e2e_batches"] or cfg["batches"]
-    for b in cfg["batches"]:
-        for mode in ("model", "e2e") if b in e2e_batches else ("model",):
-            for k in range(rounds):  # interleaved: each round times every row once, so a slow spell hits all
-                say(f"batch {b}, {mode}, round {k + 1}/{rounds}: {len(runners)} rows")
-                for runner in (r for r in runners if b <= getattr(r, "max_batch", 10**9)):
-                    say(f"timing {runner.name}: batch {b}, {mode}, round {k + 1}/{rounds}")
-                    batch, files = inputs[b]
-                    fn = (lambda: runner.infer(batch)) if mode == "model" else (lambda: runner.predict(files))
-                    m = measure(fn, cfg["warmup"] if k == 0 else cfg["later_warmup"], -(-cfg["min_iters"] // rounds),
-                                cfg["seconds"] / rounds, runner.sync)
-                    times.setdefault((mode, runner.name, b), []).extend(m.pop("times"))
-        for runner in runners:  # what was compiled for this batch size goes before the next
-            if hasattr(runner, "release"):
-                runner.release(b)
-    for (mode, name, b), t in times.items():
-        results[mode].setdefault(name, {})[str(b)] = summarize(
-            {"iters": len(t), "seconds": float(sum(t)), **percentiles(t)}, b)
-    default = next((r for r in runners if getattr(r, "default", False)), None)
-    default_path = default.engine.path if default is not None else None
-    for r in runners:
-        if isinstance(r, VitrtPeer):
-            r.engine.close()
-    base = runners[0].name
+        specs = full_specs(artifacts, include_compile, Path(artifacts_dir), skipped)
+        rows = sweep(specs, Path(artifacts_dir), cfg, threads, skipped, weights, calib_dir, say)
+        results = {mode: {r["name"]: r["results"][mode] for r in rows if r["results"][mode]} for mode in ("model", "e2e")}
+        acc = {r["name"]: r["accuracy"] for r in rows}
+        default = next((r for r in rows if r["default"]), None)
+        default_name = default and default["name"]
+        default_path = Path(artifacts_dir) / default["spec"]["artifact"] if default else None
+        macs = rows[0]["macs"]
+        rows = [{k: r[k] for k in ("name", "seconds", "peak_rss_gb", "helpers_peak_rss_gb", "probe_ms", "pid")}
+                for r in rows]
+    base = next(iter(results["model"]))
     for mode in results:
         for name, per_batch in results[mode].items():
             for b, m in per_batch.items():
                 ref = results[mode][base].get(b)
                 m["vs_eager"] = m["img_s"] / ref["img_s"] if ref else None
-    macs = standing.vit_macs(runners[0].module.model) if default is not None else None  # the reference's shape
-    del runners
     conc = None
     if default_path is not None and concurrency != ():
         from .batcher import concurrency_rows
@@ -163,13 +187,13 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}
     report = {"results": results, "accuracy": acc, "skipped": skipped, "concurrency": conc,
               "peak_rss_gb": rss, "seconds": round(time.perf_counter() - t_start, 1),
-              "verdict": standing.verdict(results, acc, default and default.name, cfg["batches"]),
+              "verdict": standing.verdict(results, acc, default_name, cfg["batches"]), "rows": rows,
               "config": {**cfg, "threads": threads, "threads_why": threads_why, "quick": quick},
               "baseline": base, "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "command": " ".join(["python -m benchmarks.bench"] + sys.argv[1:])}
-    if default is not None:
-        report["limit"] = {b: standing.limit(results["model"][default.name][b]["img_s"], macs, threads)
-                           for b in results["model"][default.name]}
+    if default_name is not None and macs:
+        report["limit"] = {b: standing.limit(results["model"][default_name][b]["img_s"], macs, threads)
+                           for b in results["model"][default_name]}
     md = to_markdown(report)
     report["paths"] = {k: str(v) for k, v in write_reports("bench", report, md, figure(report), out).items()}
     print(md)
@@ -180,10 +204,11 @@ def to_markdown(report: dict) -> str:
     m, cfg = report["machine"], report["config"]
     where = m["cpu"] + (f" ({', '.join(m['cpu_isa'])})" if m.get("cpu_isa") else "")
     where += f", {m['gpu']['name']}" if "gpu" in m else ", no GPU"
+    how = (f"in {cfg.get('rounds', 1)} interleaved round(s)" if cfg.get("quick", True) else
+           "each row in its own process, one row after another (not interleaved: see the rows' probe below)")
     lines = [f"Benchmark {report['date']}: {where}; {cfg['threads']} threads ({cfg.get('threads_why', '')}); warm-up "
-             f"{cfg['warmup']}, at least {cfg['min_iters']} calls and {cfg['seconds']} s per point in "
-             f"{cfg.get('rounds', 1)} interleaved round(s); ratio vs {report['baseline']}; embedding cosine vs it on "
-             f"{next(iter(report['accuracy'].values()))['n']} photos.", ""]
+             f"{cfg['warmup']}, at least {cfg['min_iters']} calls and {cfg['seconds']} s per point, {how}; ratio vs "
+             f"{report['baseline']}; embedding cosine vs it on {next(iter(report['accuracy'].values()))['n']} photos.", ""]
     titles = {"model": "Model only (preprocessed uint8 batch in)", "e2e": "End to end (encoded JPEGs in, top-5 out)"}
     acc = report["accuracy"]
     for mode, title in titles.items():
@@ -215,6 +240,14 @@ def to_markdown(report: dict) -> str:
     if rss:
         lines.append(f"\nRun: {report.get('seconds', 0):.0f} s, peak resident memory {rss['self']:.1f} GB "
                      f"(child processes {rss['children']:.1f} GB).")
+    if report.get("rows"):
+        probes = [r["probe_ms"] for r in report["rows"]]
+        lines += ["", f"**Row processes** (probe: one 1024x1024 float32 numpy matmul, median of 5, at each process's "
+                      f"start; it moved {100 * (max(probes) / min(probes) - 1):.0f} % over the sweep):", "",
+                  markdown_table(["row", "seconds", "peak GB", "its helpers' peak GB", "probe ms"],
+                                 [[r["name"], f"{r['seconds']:.0f}", f"{r['peak_rss_gb']:.1f}",
+                                   f"{r['helpers_peak_rss_gb']:.1f}", f"{r['probe_ms']:.1f}"] for r in report["rows"]],
+                                 "lrrrr")]
     for b, lim in (report.get("limit") or {}).items():
         if "share_int8" in lim:
             per = ", ".join(f"{k} {x['macs']}/cycle ({x['instruction']})" for k, x in lim["per_cycle"].items())
@@ -260,18 +293,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Latency and throughput of every backend, side by side.")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifact folder (default: %(default)s)")
-    p.add_argument("--full", action="store_true", help="the full sweep: batches 1-32, 10 s per point in 3 rounds (default: quick)")
+    p.add_argument("--full", action="store_true", help="the full sweep: every row, batches 1-32, each row in its own process (default: quick)")
     p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="comma-separated batch sizes (default: 1,8 quick; 1,2,4,...,32 full)")
-    p.add_argument("--seconds", type=float, default=None, help="measured seconds per point (default: 0 quick, 10 full)")
+    p.add_argument("--seconds", type=float, default=None, help="measured seconds per point at least (default: 0 quick, 5 full)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for every row (default: the physical cores this process may use)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds per point, each row timed once per round (default: 2 quick, 3 full)")
+                   help="interleaved rounds per point, each row timed once per round (default: 2 quick; the full sweep "
+                        "times each row in its own process and ignores it)")
     p.add_argument("--min-iters", type=int, default=None,
-                   help="timed calls per point at least, over all rounds (default: 2 quick, 10 full)")
+                   help="timed calls per point at least, over all rounds (default: 2 quick, 1 full)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed calls per row and point before its first round (default: 1 quick, 3 full)")
+                   help="untimed calls per row and point before its first round (default: 1)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer (default: include)")
     p.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=None, metavar="FILES",
                    help="comma-separated artifact file names to time (default: every artifact found)")

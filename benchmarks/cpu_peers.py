@@ -85,15 +85,6 @@ def nncf_int8(fp32_onnx: Path, calib: np.ndarray, threads: int) -> OpenVINOPeer:
     return OpenVINOPeer("OpenVINO NNCF INT8", quantized, threads, "f32")
 
 
-def openvino_peers(fp32_onnx: Path, calib: np.ndarray, threads: int, cpu_isa: list[str]) -> list:
-    """OpenVINO FP32, bf16 (where the CPU has it) and NNCF INT8 (MIXED, TRANSFORMER) on ``calib``."""
-    out = [OpenVINOPeer("OpenVINO FP32", fp32_onnx, threads, "f32")]
-    if {"AVX-512 BF16", "AMX-BF16"} & set(cpu_isa):
-        out.append(OpenVINOPeer("OpenVINO bf16", fp32_onnx, threads, "bf16"))
-    out.append(nncf_int8(fp32_onnx, calib, threads))
-    return out
-
-
 class TorchCropPeer(CropPeer):
     """A PyTorch module over uint8 NHWC crops (``export.graph.ImageModel``), already prepared."""
 
@@ -162,27 +153,3 @@ def calibration_images(fp32_onnx: Path, data_config: dict, calib_dir: str | None
             f"int8-cpu was calibrated on the folder {used!r}, whose path its metadata does not keep; the NNCF and "
             "PT2E peers used the builtin set: pass CALIB_DIR= to make bench")
     return load_calibration(source, data_config, log=lambda m: None, warn_small=False)[0]
-
-
-def cpu_peers(fp32_onnx: Path, model, data_config: dict, threads: int, skipped: dict,
-              include_compile: bool = True, calib_dir: str | None = None, log=print) -> list:
-    """Every CPU peer whose packages are here; ``skipped`` receives the others with the reason."""
-    from vitrt.cpu import read_cpuinfo
-
-    out: list = []
-    calib = calibration_images(fp32_onnx, data_config, calib_dir, skipped)
-    why = missing("openvino") or missing("nncf")
-    if why:
-        skipped["OpenVINO FP32 / bf16 / NNCF INT8"] = why
-    else:
-        log("bench: building OpenVINO FP32 (and bf16 where the CPU has it) and NNCF INT8 (its calibration)")
-        out += openvino_peers(fp32_onnx, calib, threads, read_cpuinfo().isa)
-    log("bench: building PyTorch dynamic int8")
-    out.append(torch_dynamic_int8(model, data_config))
-    why = missing("torchao") or (None if include_compile else "--no-compile")
-    if why:
-        skipped["PyTorch PT2E int8 (Inductor)"] = why
-    else:
-        log("bench: building PyTorch PT2E int8 (its calibration; Inductor compiles at each batch size's first call)")
-        out.append(torch_pt2e_int8(model, data_config, calib))
-    return out

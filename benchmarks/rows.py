@@ -4,10 +4,11 @@
   picks for this machine on the runtime it picks, and OpenVINO's best accurate path on this CPU (NNCF
   INT8 where OpenVINO's int8 kernels run, i.e. the CPUs of ``vitrt.fleet.OPENVINO_ISA["int8-cpu"]``;
   OpenVINO FP32 elsewhere, as on AVX2 alone, where its int8 measured slower than ONNX Runtime's).
-- :func:`peers` (``QUICK=0``): every PyTorch peer, every CPU peer, every artifact on each CPU runtime.
+- :func:`full_specs` (``QUICK=0``): every PyTorch peer, every CPU peer, every artifact on each CPU runtime,
+  as specs that :func:`build_row` builds, one row per process (benchmarks/sweep.py).
 
 Each row has ``infer(uint8 batch)``, ``predict(jpegs)``, ``sync()``, and may have ``release(batch)`` to
-free what it compiled for one batch size (the full sweep calls it after each batch size: bounded memory).
+free what it compiled for one batch size (both modes call it after each batch size: bounded memory).
 """
 
 from __future__ import annotations
@@ -160,46 +161,92 @@ def quick_rows(folder: Path, threads: int, skipped: dict, weights: str | None = 
     return out
 
 
-def peers(artifacts: list[Path], threads: int, include_compile: bool = True, folder: Path | None = None,
-          skipped: dict | None = None, weights: str | None = None, calib_dir: str | None = None, log=print) -> list:
-    """PyTorch eager, autocast and torch.compile (same weights as the artifacts); on a CPU, the CPU peers
-    (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks for it, and on a CPU the
-    int8-cpu and fp32 ONNX on the other CPU runtime too. ``skipped`` receives the rows left out, with why."""
+def full_specs(artifacts: list[Path], include_compile: bool = True, folder: Path | None = None,
+               skipped: dict | None = None) -> list[dict]:
+    """``QUICK=0``'s rows, as specs :func:`build_row` builds (each in its own process: benchmarks/sweep.py),
+    decided without building anything: PyTorch eager (first: the reference), autocast and torch.compile;
+    on a CPU, the CPU peers (benchmarks/cpu_peers.py); then every artifact on the runtime Engine picks
+    for it, and on a CPU the fp32 and int8-cpu ONNX on the other CPU runtime too. ``skipped`` receives
+    the rows left out, with why."""
+    from vitrt.artifacts import metadata_of
     from vitrt.fleet import OPENVINO_PRECISIONS
 
+    from .cpu_peers import missing
+
+    skipped = {} if skipped is None else skipped
+    reference = next(p for p in artifacts if p.suffix == ".onnx").name
+    cpu = torch_device() == "cpu"
+    kinds = ["eager", "autocast"] + (["compile"] if include_compile else [])
+    if cpu:
+        from vitrt.cpu import read_cpuinfo
+
+        why = missing("openvino") or missing("nncf")
+        if why:
+            skipped["OpenVINO FP32 / bf16 / NNCF INT8"] = why
+        else:
+            bf16 = {"AVX-512 BF16", "AMX-BF16"} & set(read_cpuinfo().isa)
+            kinds += ["ov-f32"] + (["ov-bf16"] if bf16 else []) + ["nncf"]
+        kinds.append("dynamic-int8")
+        why = missing("torchao") or (None if include_compile else "--no-compile")
+        if why:
+            skipped["PyTorch PT2E int8 (Inductor)"] = why
+        else:
+            kinds.append("pt2e")
+    specs = [{"kind": k, "reference": reference} for k in kinds]
+    default = _cpu_default(folder or artifacts[0].parent) if cpu else None
+    for p in artifacts:
+        specs.append({"kind": "artifact", "artifact": p.name, "reference": reference, "default": p == default})
+        if p.suffix == ".onnx" and cpu and metadata_of(p).precision in OPENVINO_PRECISIONS:
+            if missing("openvino"):
+                skipped[f"{p.name} on the other CPU runtime"] = missing("openvino")
+            else:
+                specs.append({"kind": "artifact", "artifact": p.name, "reference": reference, "other_runtime": True})
+    return specs
+
+
+def build_row(spec: dict, folder: Path, threads: int, skipped: dict, weights: str | None = None,
+              calib_dir: str | None = None, log=print):
+    """The row ``spec`` names (:func:`full_specs`), built; with the reference model's MACs for the
+    eager row (the limit in the report), else None."""
+    if spec["kind"] == "artifact":
+        runner = VitrtPeer(folder / spec["artifact"], threads)
+        if spec.get("other_runtime"):
+            other = "onnxruntime" if runner.engine.backend.name.startswith("openvino") else "openvino"
+            runner.engine.close()
+            runner = VitrtPeer(folder / spec["artifact"], threads, backend=other)
+        runner.default = bool(spec.get("default"))
+        return runner, None
     import timm.data
     import torch
 
-    onnx = next(p for p in artifacts if p.suffix == ".onnx")
-    model, meta = reference_model(onnx, weights)
+    from . import cpu_peers
+
+    onnx = folder / spec["reference"]
+    model, _ = reference_model(onnx, weights)
     data_config = timm.data.resolve_model_data_config(model)
-    device = torch_device()
-    skipped = {} if skipped is None else skipped
-    out: list = [TorchPeer("PyTorch eager FP32", model, data_config, device)]
-    if device == "cuda":
-        out.append(TorchPeer("PyTorch FP16 autocast", model, data_config, device, autocast=torch.float16))
-    else:
-        out.append(TorchPeer("PyTorch bf16 autocast", model, data_config, device, autocast=torch.bfloat16))
-    if include_compile:
-        out.append(TorchPeer("torch.compile FP32", model, data_config, device, compile=True))
-    if device == "cpu":
-        from . import cpu_peers
+    device, kind = torch_device(), spec["kind"]
+    if kind == "eager":
+        from .standing import vit_macs
 
-        out += cpu_peers.cpu_peers(onnx, model, data_config, threads, skipped, include_compile, calib_dir, log=log)
-    default = _cpu_default(folder or onnx.parent) if device == "cpu" else None
-    for p in artifacts:
-        runner = VitrtPeer(p, threads)
-        runner.default = p == default
-        out.append(runner)
-        if p.suffix == ".onnx" and device == "cpu" and runner.engine.metadata.precision in OPENVINO_PRECISIONS:
-            other = "onnxruntime" if runner.engine.backend.name.startswith("openvino") else "openvino"
-            from benchmarks.cpu_peers import missing
-
-            if other == "onnxruntime" or not missing("openvino"):
-                out.append(VitrtPeer(p, threads, backend=other))
-            else:
-                skipped[f"{p.name} on OpenVINO"] = missing("openvino")
-    return out
+        return TorchPeer("PyTorch eager FP32", model, data_config, device), vit_macs(model)
+    if kind == "autocast":
+        dtype = torch.float16 if device == "cuda" else torch.bfloat16
+        return TorchPeer(f"PyTorch {'FP16' if device == 'cuda' else 'bf16'} autocast", model, data_config, device,
+                         autocast=dtype), None
+    if kind == "compile":
+        return TorchPeer("torch.compile FP32", model, data_config, device, compile=True), None
+    if kind in ("ov-f32", "ov-bf16"):
+        return cpu_peers.OpenVINOPeer(f"OpenVINO {'FP32' if kind == 'ov-f32' else 'bf16'}", onnx, threads,
+                                      kind[3:]), None
+    if kind == "dynamic-int8":
+        return cpu_peers.torch_dynamic_int8(model, data_config), None
+    calib = cpu_peers.calibration_images(onnx, data_config, calib_dir, skipped)
+    if kind == "nncf":
+        return cpu_peers.nncf_int8(onnx, calib, threads), None
+    if kind == "pt2e":
+        return cpu_peers.torch_pt2e_int8(model, data_config, calib), None
+    raise ValueError(f"unknown bench row kind {kind!r}; expected one of eager, autocast, compile, ov-f32, ov-bf16, "
+                     "nncf, dynamic-int8, pt2e, artifact")
 
 
 def _cpu_default(folder: Path) -> Path | None:

@@ -28,19 +28,21 @@ def photo_crops() -> np.ndarray:
     return np.stack([vitrt.preprocess(p) for p in builtin_photos(gray=True)])
 
 
+def embeddings(runner, crops: np.ndarray) -> np.ndarray:
+    """``runner``'s embeddings of ``crops``, one image per call, as float64."""
+    return np.concatenate([runner.infer(crops[i:i + 1])["embedding"] for i in range(len(crops))]).astype(np.float64)
+
+
+def cosines(e: np.ndarray, ref: np.ndarray) -> dict:
+    """{"cos_mean", "cos_worst", "n"}: the row-wise cosine of embeddings ``e`` against ``ref``."""
+    cos = (e / np.linalg.norm(e, axis=1, keepdims=True) * (ref / np.linalg.norm(ref, axis=1, keepdims=True))).sum(1)
+    return {"cos_mean": float(cos.mean()), "cos_worst": float(cos.min()), "n": len(cos)}
+
+
 def accuracy(runners: list, crops: np.ndarray) -> dict[str, dict]:
     """{row: {"cos_mean", "cos_worst", "n"}}: embedding cosine vs the first runner (PyTorch eager FP32)."""
-    def embed(r):
-        return np.concatenate([r.infer(crops[i:i + 1])["embedding"] for i in range(len(crops))]).astype(np.float64)
-
-    ref = embed(runners[0])
-    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
-    out = {}
-    for r in runners:
-        e = embed(r)
-        cos = (e / np.linalg.norm(e, axis=1, keepdims=True) * ref).sum(1)
-        out[r.name] = {"cos_mean": float(cos.mean()), "cos_worst": float(cos.min()), "n": len(cos)}
-    return out
+    ref = embeddings(runners[0], crops)
+    return {r.name: cosines(ref if r is runners[0] else embeddings(r, crops), ref) for r in runners}
 
 
 def verdict(results: dict, acc: dict, default: str | None, batches: list[int]) -> dict:

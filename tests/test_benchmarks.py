@@ -4,6 +4,7 @@ quick end-to-end run of both on the small ViT."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -169,11 +170,13 @@ def test_bench_quick_end_to_end(small_artifacts, tmp_path):
 def test_bench_full_builds_every_peer(small_artifacts, tmp_path):
     """QUICK=0's rows on the small ViT (torch.compile and PT2E left out here: their compilation is the
     slow part, and each is one call of PyTorch's own): every CPU peer runs or is listed as skipped, and
-    each artifact runs on both CPU runtimes."""
+    each artifact runs on both CPU runtimes; each row in a process of its own (bounded memory), its
+    progress passed on, its memory and the machine probe reported."""
     from benchmarks.cpu_peers import missing
 
-    res = bench.run(small_artifacts, quick=False, threads=2, batches=[1], seconds=0.0, rounds=1, out=tmp_path,
-                    progress=False, include_compile=False, only=["m.onnx", "m_int8_cpu.onnx"], concurrency=())
+    lines = []
+    res = bench.run(small_artifacts, quick=False, threads=2, batches=[1], seconds=0.0, out=tmp_path, log=lines.append,
+                    include_compile=False, only=["m.onnx", "m_int8_cpu.onnx"], concurrency=())
     names = list(res["results"]["model"])
     cpu = bench.torch_device() == "cpu"
     autocast = "PyTorch FP16 autocast" if not cpu else "PyTorch bf16 autocast"
@@ -188,7 +191,41 @@ def test_bench_full_builds_every_peer(small_artifacts, tmp_path):
     artifacts = [n.split(" (")[0] for n in names[2 + len(peers):]]
     assert artifacts == (["m.onnx", "m.onnx", "m_int8_cpu.onnx", "m_int8_cpu.onnx"]
                          if cpu and not missing("openvino") else ["m.onnx", "m_int8_cpu.onnx"])
+    assert len(set(names)) == len(names)  # the two runtimes of one artifact are two rows
     assert all(set(per_batch) == {"1"} for per_batch in res["results"]["model"].values())
+    assert all(set(per_batch) == {"1"} for per_batch in res["results"]["e2e"].values())
+    assert res["accuracy"]["PyTorch eager FP32"]["cos_worst"] == pytest.approx(1.0)  # its own reference
+    assert all(a["n"] == 16 for a in res["accuracy"].values())
+    for name, a in res["accuracy"].items():  # as in the quick test: FP32 rows exact to 1e-4, int8 near 0.999
+        assert a["cos_worst"] > (0.9999 if "FP32" in name or name.startswith("m.onnx") else 0.95), (name, a)
+    rows = res["rows"]
+    assert [r["name"] for r in rows] == names
+    assert len({r["pid"] for r in rows}) == len(rows) and os.getpid() not in {r["pid"] for r in rows}
+    # every row process loads torch and a model: well over 0.1 GB; none near the issue's 12 GB bound
+    assert all(0.1 < r["peak_rss_gb"] < 12 and r["probe_ms"] > 0 and r["seconds"] > 0 for r in rows)
+    assert res["peak_rss_gb"]["children"] >= max(r["peak_rss_gb"] for r in rows) * 0.99
+    phases = [ln.split("] ", 1)[1] for ln in lines]
+    assert [p for p in phases if p.startswith("timing ")] == [f"timing {n}: batch 1, {m}" for n in names
+                                                              for m in ("model", "e2e")]
+    assert len([p for p in phases if p.startswith("row ") and " done: " in p]) == len(rows)
+    assert "Row processes" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_full_lists_a_failed_row_and_goes_on(small_artifacts, tmp_path):
+    """A row whose process fails is named under "Not run" with its last line, and the sweep goes on; the
+    reference row failing stops the sweep with what happened (no row could be compared)."""
+    from benchmarks import sweep
+    from vitrt.errors import VitrtError
+
+    cfg = {**bench.FULL, "batches": [1], "e2e_batches": [1], "seconds": 0.0, "photo_step": 8}
+    specs = [{"kind": "eager", "reference": "m.onnx"}, {"kind": "artifact", "artifact": "gone.onnx", "reference": "m.onnx"},
+             {"kind": "artifact", "artifact": "m.onnx", "reference": "m.onnx"}]
+    skipped: dict = {}
+    rows = sweep.sweep(specs, small_artifacts, cfg, 2, skipped, say=lambda m: None)
+    assert [r["name"].split(" (")[0] for r in rows] == ["PyTorch eager FP32", "m.onnx"]
+    assert list(skipped) == ["gone.onnx"] and "exited with 1" in skipped["gone.onnx"] and "gone.onnx" in skipped["gone.onnx"]
+    with pytest.raises(VitrtError, match="reference row .*gone.onnx.*failed"):
+        sweep.sweep([{**specs[1], "kind": "artifact"}], small_artifacts, cfg, 2, {}, say=lambda m: None)
 
 
 def test_reports_refuse_an_empty_folder(tmp_path):
