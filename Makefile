@@ -100,7 +100,7 @@ parity: venv
 
 # Latency/throughput side by side -> reports/bench.{json,md,png}: QUICK=1 (default) the artifact vitrt picks
 # here, PyTorch eager FP32 and OpenVINO's best accurate path, batches 1 and 8, a few minutes; QUICK=0 every
-# artifact, every peer, every batch size (docs/benchmarks.md has the time and memory of both)
+# artifact, every peer, every batch size, each row in its own process (docs/benchmarks.md: time and memory of both)
 bench: venv
 	$(PY) -m benchmarks.preprocess --out reports
 	$(PY) -m benchmarks.bench --artifacts '$(ARTIFACTS)' $(if $(filter 0,$(QUICK)),--full) $(CHECKPOINT_ARG) \
