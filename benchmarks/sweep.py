@@ -108,8 +108,6 @@ def measure_row(job: dict) -> dict:
     (what it compiled for one batch size released before the next)."""
     import resource
 
-    import torch
-
     from .bench import bench_inputs, measure, summarize
     from .rows import VitrtPeer, build_row
     from .standing import cosines, embeddings, photo_crops
@@ -119,7 +117,10 @@ def measure_row(job: dict) -> dict:
 
     t0 = time.perf_counter()
     cfg, spec, folder = job["cfg"], job["spec"], Path(job["folder"])
-    torch.set_num_threads(job["threads"])
+    if spec["kind"] != "artifact":  # an artifact row runs without torch: its process does not load it
+        import torch
+
+        torch.set_num_threads(job["threads"])
     probe = probe_ms()
     skipped: dict = {}
     say(f"building {label(spec)}")
