@@ -106,6 +106,32 @@ def check_graph(session, meta: Metadata, path: str) -> None:
     check_io(got_in, got_out, meta, path)
 
 
+#: The first ONNX Runtime release seen to round FP16 QuantizeLinear on the CPU as ONNX says (1.24 and 1.29
+#: truncate toward zero: microsoft/onnxruntime#18576, fixed by PR #32452; export/ort_fp16_q.py).
+FP16_QUANTIZE_FIXED = (1, 32)
+
+
+def _warn_fp16_quantize(ort, metadata: Metadata, provider: str) -> None:
+    """Warn when an int8/fp8 variant with FP16 around its Q/DQ (made for TensorRT) runs on a CPU provider
+    that truncates FP16 QuantizeLinear: its outputs are then off (photos cosine 0.62 on trained weights)."""
+    import logging
+
+    p = metadata.data.get("precision_pass") or {}
+    if (metadata.precision not in ("int8", "fp8") or p.get("high_precision_dtype") != "fp16"
+            or p.get("evaluation_copy") or provider != "CPUExecutionProvider"):
+        return
+    try:
+        version = tuple(int(x) for x in ort.__version__.split(".")[:2])
+    except ValueError:
+        return
+    if version < FP16_QUANTIZE_FIXED:
+        logging.getLogger("vitrt").warning(
+            "ONNX Runtime %s's CPU QuantizeLinear truncates FP16 inputs (microsoft/onnxruntime#18576): this %s "
+            "variant, made for TensorRT, computes wrong values here; expected onnxruntime>=%d.%d (pip install "
+            "'vitrt[cpu]'), or the int8-cpu artifact on a CPU", ort.__version__, metadata.precision,
+            *FP16_QUANTIZE_FIXED)
+
+
 class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | os.PathLike, metadata: Metadata, providers: Sequence | None = None,
                  threads: int | None = None, session_config: dict[str, str] | None = None, device: int | None = None):
@@ -127,6 +153,7 @@ class OnnxRuntimeBackend(Backend):
             raise ArtifactError(f"ONNX Runtime could not load {os.fspath(path)!r}: {exc}") from None
         check_graph(self.session, metadata, os.fspath(path))
         self.providers = self.session.get_providers()
+        _warn_fp16_quantize(ort, metadata, self.providers[0])
         self.name = f"onnxruntime[{self.providers[0]}]"
         self._outputs = [o.name for o in self.session.get_outputs()]
 
