@@ -23,7 +23,8 @@ from .common import REPORTS, markdown_table, write_reports
 METRICS = ("cosine_min", "cosine_mean", "logit_err")
 
 
-def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "fp8"), log=print, **options) -> dict:
+def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "fp8", "int8-cpu"), log=print,
+        **options) -> dict:
     """``options``: BuildOptions of the variant passes (quantize_op_types, calib_method, ...), one change
     at a time against the defaults (docs/precision.md, the INT8/FP8 recipe)."""
     from export.build import BuildOptions, build
@@ -47,7 +48,7 @@ def run(seeds: list[int], work: Path, small: bool, precisions=("fp16", "int8", "
                 for subset in report["metrics"]}
         log(f"seed {seed}: {time.perf_counter() - t0:.0f} s")
     return {"model": "small test ViT (depth 2, width 64)" if small else "vit_base_patch16_384 (random init)",
-            "calibration": f"builtin (32 images), {options.get('calib_method', 'max')}", "options": options,
+            "calibration": f"builtin (32 images), {options.get('calib_method', 'auto')}", "options": options,
             "seeds": seeds, "values": rows}
 
 
@@ -73,16 +74,18 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("reports/gate_spread_work"),
                    help="where the per-seed builds go (default: %(default)s)")
     p.add_argument("--out", type=Path, default=REPORTS, help="report folder (default: %(default)s)")
-    p.add_argument("--precisions", default="fp16,int8,fp8", help="variants to measure (default: %(default)s)")
+    p.add_argument("--precisions", default="fp16,int8,fp8,int8-cpu", help="variants to measure (default: %(default)s)")
     p.add_argument("--quantize-op-types", default=None, metavar="OPS",
                    help="op types int8/fp8 quantize, e.g. MatMul (default: the build's)")
     p.add_argument("--calib-method", default=None, help="max or entropy (default: the build's)")
-    p.add_argument("--quant-recipe", default=None, help="accurate or fast (default: the build's)")
+    p.add_argument("--quant-recipe", default=None, help="accurate, fp32 or fast (default: the build's)")
+    p.add_argument("--cpu-recipe", default=None, help="int8-cpu: smooth or ort (default: the build's)")
     p.add_argument("--name", default=None, help="report name (default: gate_spread[_small])")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     options = {k: v for k, v in (("quantize_op_types", args.quantize_op_types and args.quantize_op_types.split(",")),
-                                 ("calib_method", args.calib_method), ("quant_recipe", args.quant_recipe)) if v}
+                                 ("calib_method", args.calib_method), ("quant_recipe", args.quant_recipe),
+                                 ("cpu_recipe", args.cpu_recipe)) if v}
     data = run(seeds, args.work, args.small, tuple(args.precisions.split(",")), **options)
     md = to_markdown(data)
     write_reports(args.name or ("gate_spread_small" if args.small else "gate_spread"), data, md, folder=args.out)

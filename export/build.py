@@ -19,7 +19,7 @@ from vitrt.errors import BuildError, VitrtError
 from vitrt.metadata import Metadata, sha256_file
 
 from . import defaults as D
-from .precision import CPU_PRECISIONS, FP16_RANGE_IMAGES, VARIANT_REVISION
+from .precision import CPU_PRECISIONS, FP16_RANGE_IMAGES, VARIANT_REVISION, calibration_method
 from .publish import publish, up_to_date
 
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "fp8", "int8-cpu", "all")
@@ -48,7 +48,8 @@ class BuildOptions:
     calibration_eps: list[str] = dataclasses.field(default_factory=lambda: ["cpu"])
     quantize_op_types: list[str] | None = None
     quantize_attention: bool = False
-    quant_recipe: str = D.QUANT_RECIPE  # int8/fp8 for TensorRT: "accurate" or "fast" (export/precision.py RECIPES)
+    quant_recipe: str = D.QUANT_RECIPE  # int8/fp8 for TensorRT: export/precision.py RECIPES
+    cpu_recipe: str = D.CPU_RECIPE  # int8-cpu: export/precision.py CPU_RECIPES
     allow_parity_failure: bool = False
     gate: list[str] = dataclasses.field(default_factory=list)  # PRECISION.SUBSET.OUTPUT.METRIC=VALUE
     plan: str = "auto"  # auto: build TensorRT plans where a flavour can; yes: fail where none can; no
@@ -152,7 +153,8 @@ class _Context:
         """The parity thresholds for ``precision``: the stated ones, with any --gate overrides."""
         from . import gate
 
-        return gate.apply_overrides(gate.thresholds_for(precision, self.random_weights, self.opts.quant_recipe), precision,
+        return gate.apply_overrides(gate.thresholds_for(precision, self.random_weights,
+                                                        self.opts.cpu_recipe if precision == "int8-cpu" else self.opts.quant_recipe), precision,
                                     gate.parse_gate_overrides(self.opts.gate))
 
     def reference(self) -> tuple[dict, dict]:
@@ -187,7 +189,11 @@ class _Context:
 
         def run(tmp: Path) -> dict:
             inputs, outputs = self.reference()
-            candidate = gate.candidate_outputs(tmp, inputs)
+            notes: list[str] = []
+            candidate = gate.candidate_outputs(tmp, inputs, notes=notes)
+            if notes:
+                info["evaluation"] = notes[0]
+                self.log(notes[0])
             report = gate.parity_report(outputs, candidate, self.gate(precision), artifact=artifact_name,
                                         precision=precision, backend=backend, random_weights=self.random_weights,
                                         images={s: int(len(x)) for s, x in inputs.items()},
@@ -342,12 +348,13 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     used = calib if quantized else calib[:opts.fp16_range_images]
     wanted = {"format": FORMAT, "precision": precision, "revision": VARIANT_REVISION[precision], "source_sha256": fp32_sha,
               "calibration_sha256": hashlib.sha256(used.tobytes()).hexdigest(),
-              "method": opts.calib_method if precision in ("int8", "fp8") else "minmax" if quantized else None,
+              "method": ("minmax" if precision == "int8-cpu" and opts.cpu_recipe == "ort"
+                         else calibration_method(precision, opts.calib_method)),
               "keep_fp32_ops": None if quantized else sorted(opts.fp16_keep_fp32),
               "calibration_eps": list(opts.calibration_eps) if precision in ("int8", "fp8") else None,
               "op_types": opts.quantize_op_types if quantized else None,
               "quantize_attention": opts.quantize_attention if quantized else None,
-              "recipe": opts.quant_recipe if precision in ("int8", "fp8") else None}
+              "recipe": opts.quant_recipe if precision in ("int8", "fp8") else opts.cpu_recipe if quantized else None}
     if not opts.force and up_to_date(path, wanted, _onnx_recipe):
         log(f"{path} is up to date (same fp32 source, options and calibration images); reusing it")
         return path
@@ -355,7 +362,7 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     model, meta = make_variant(precision, opts.fp32_path, Metadata.from_onnx(opts.fp32_path).data, used, calib_prov,
                                method=opts.calib_method, keep_fp32_ops=opts.fp16_keep_fp32,
                                op_types=opts.quantize_op_types, quantize_attention=opts.quantize_attention,
-                               quant_recipe=opts.quant_recipe,
+                               quant_recipe=opts.quant_recipe, cpu_recipe=opts.cpu_recipe,
                                eps=opts.calibration_eps, recipe=wanted,
                                extra_metadata={**ref_meta, "gate": ctx.gate(precision)}, workdir=opts.output_dir,
                                log=log)

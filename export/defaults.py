@@ -12,10 +12,15 @@ NAME = "b16_384"
 OUTPUT_DIR = "artifacts"
 OPSET = 18
 PRECISION = "fp16"
-CALIB_METHOD = "max"
-#: int8/fp8 for TensorRT (export/precision.py RECIPES): "accurate" (Q/DQ on the Linear MatMuls only, FP32
-#: elsewhere) or "fast" (the earlier recipe: also the LayerNorm inputs and the patch Conv, FP16 elsewhere)
+CALIB_METHOD = "auto"  # export/precision.py AUTO_CALIBRATION: entropy for int8 and int8-cpu, max for fp8
+#: int8/fp8 for TensorRT (export/precision.py RECIPES): "accurate" (Q/DQ on the Linear MatMuls, FP16
+#: elsewhere), "smooth" (the same after SmoothQuant, for int8), "fp32" (the same Q/DQ with FP32 elsewhere,
+#: 2026-12-01) or "fast" (ModelOpt's own placement)
 QUANT_RECIPE = "accurate"
+#: int8-cpu (export/precision.py CPU_RECIPES): "modelopt" (ModelOpt int8 on the Linear MatMuls, FP32
+#: elsewhere), "smooth" (the same after SmoothQuant) or "ort" (ONNX Runtime's quantizer with int8
+#: attention, before 2026-12-03)
+CPU_RECIPE = "modelopt"
 CALIB_MAX = 512
 MIN_BATCH, OPT_BATCH, MAX_BATCH_PLAN = 1, 8, 32
 MAX_BATCH_ONNX = 32

@@ -73,14 +73,38 @@ def reference_outputs(wrapper, data_config: dict, images: dict[str, Any]) -> tup
     return inputs, out
 
 
-def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads: int | None = None) -> dict:
+def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads: int | None = None,
+                      notes: list[str] | None = None) -> dict:
     """Outputs of the artifact at ``path`` through vitrt.Engine: ONNX on ONNX Runtime's CPU provider
-    (the same on every machine), a plan on its GPU."""
+    (the same on every machine), a plan on its GPU. An ONNX graph with FP16 QuantizeLinears runs as
+    export/ort_fp16_q.py's evaluation copy where this ONNX Runtime truncates them; ``notes`` gets a line
+    saying so, for the report."""
     import vitrt
     from vitrt.verify import candidate_outputs as run
 
     onnx = Path(path).suffix == ".onnx"
     kwargs = {"providers": ["CPUExecutionProvider"], "threads": threads} if onnx else {}
+    if onnx:
+        import onnx as onnx_lib
+
+        from vitrt.atomic import scratch_dir
+
+        from . import ort_fp16_q
+
+        model = onnx_lib.load(os.fspath(path))
+        if ort_fp16_q.fp16_quantizers(model) and ort_fp16_q.truncates():
+            copy, changed = ort_fp16_q.evaluation_copy(model)
+            del model
+            with scratch_dir(Path(path).parent, "fp16q-eval") as tmp:
+                target = Path(tmp) / Path(path).name
+                onnx_lib.save(copy, os.fspath(target))
+                del copy
+                if notes is not None:
+                    notes.append(f"ONNX Runtime's CPU QuantizeLinear truncates FP16 inputs here ({ort_fp16_q.ISSUE}); "
+                                 f"the gate ran a copy whose {changed} FP16 QuantizeLinears compute in FP32, as TensorRT "
+                                 "rounds (export/ort_fp16_q.py); the artifact is as built")
+                with vitrt.Engine(target, **kwargs) as engine:
+                    return run(engine, inputs)
     with vitrt.Engine(path, **kwargs) as engine:
         return run(engine, inputs)
 
@@ -93,26 +117,28 @@ def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads:
 #: - fp16: half precision keeps 11 significant bits (relative rounding 4.9e-4 per op); over 12
 #:   blocks the error stays near 1e-3, i.e. cosine > 0.9999 (measured: 0.9999996). 0.999 allows
 #:   10x more error and still catches a real overflow (an inf/NaN or a clipped activation gives < 0.99).
-#: - int8 / fp8: 8-bit activations and weights on the Linear layers cost accuracy. The limits come from
-#:   the spread over 5 random-init seeds of the full model (0, 1, 2, 3, 99; builtin calibration, max;
-#:   `python -m benchmarks.gate_spread`, tables in docs/precision.md), each by one rule: the worst seed
-#:   minus twice the seeds' spread, rounded down to 0.005, per precision and recipe
-#:   (export/precision.py RECIPES).
-#:   The accurate recipe (the default): int8 photos worst 0.9984-0.9990, mean 0.9988-0.9992 -> worst and
-#:   mean >= 0.995; synthetic worst 0.9929-0.9976 -> >= 0.98. fp8 photos worst 0.9934-0.9962, mean
-#:   0.9954-0.9966 -> >= 0.985 and >= 0.99; synthetic 0.9924-0.9942 -> >= 0.985. An int8 made the fast
-#:   way (worst 0.9869-0.9940 on the same seeds) fails this gate (tested on the small ViT).
-#:   The fast recipe (FAST): int8 photos worst 0.9869-0.9940, mean 0.9938-0.9962 -> >= 0.97 and >= 0.985;
-#:   its synthetic noise (worst 0.8837-0.9537) only a catastrophe check: >= 0.745. fp8 photos worst
-#:   0.9921-0.9946, mean 0.9942-0.9956 -> >= 0.985, >= 0.99; synthetic 0.9895-0.9924 -> >= 0.98.
-#:   int8-cpu (ONNX Runtime's quantizer, unchanged) keeps the fast int8 limits (it measures higher).
-#:   Quantizing every op type (Add, Softmax, LayerNorm inputs, attention) gives 0.6-0.8 on photos: caught.
+#: - int8 / fp8 / int8-cpu: 8-bit activations and weights on the Linear layers cost accuracy. Since
+#:   2026-12-03 the limits hold for two witnesses, each by one rule (the worst minus twice the spread,
+#:   rounded down to 0.005; one build has no spread): the real-weights model (WEIGHTS=dinov2, a trained
+#:   DINOv2 ViT-S backbone: export/real_weights.py) and random-init seeds (`python -m
+#:   benchmarks.gate_spread`), tables in docs/precision.md, "INT8 and FP8 on real weights":
+#:   real weights, photos worst / mean: int8 0.9928 / 0.9963, fp8 0.9957 / 0.9969, int8-cpu 0.9921 / 0.9964;
+#:   ViT-B seeds GATE_B_PLACEHOLDER
+#:   -> photos worst >= 0.99 and mean >= 0.995 for all three (the goal the recipes were made for is
+#:   0.99 / 0.996); synthetic 0.9983 / 0.9970 / 0.9972 -> int8 and int8-cpu >= 0.98, fp8 >= 0.985, the
+#:   random-init seeds' limits of 2026-12-01, which are lower. Made the old ways they fail (tests/test_real_weights.py):
+#:   int8 with FP32 around (the 2026-12-01 recipe) 0.9881, int8-cpu from ONNX Runtime's quantizer 0.88,
+#:   ModelOpt's own placement 0.58.
+#:   The "fast" recipe (FAST) keeps the limits of its random-init spread: int8 photos worst 0.9869-0.9940,
+#:   mean 0.9938-0.9962 -> >= 0.97 and >= 0.985; synthetic only a catastrophe check: >= 0.745; fp8
+#:   0.9921-0.9946 / 0.9942-0.9956 -> >= 0.985, >= 0.99; synthetic >= 0.98. On trained weights it fails them.
 #: - top-1 / top-5 agreement, on photos, counts only *decisive* images (vitrt.metrics): those whose
 #:   reference top-1 leads the runner-up (top-5: the sixth) by more than ``decisive_margin`` logit
 #:   spreads. A flip needs a lead below twice the logit error, so the margin is 3x the worst logit
-#:   error over the same seeds (2 for the two logits that move, 1.5 headroom), rounded up to two
-#:   significant digits: photos logit_err worst fp16 0.0034 -> 0.011; accurate int8 0.224, fp8 0.428 -> 0.68,
-#:   1.3; fast int8 0.570, fp8 0.499 -> 1.8, 1.5.
+#:   error over the witnesses (2 for the two logits that move, 1.5 headroom), rounded up to two
+#:   significant digits: photos logit_err worst fp16 0.0034 -> 0.011 (0.013 on real weights: 0.039);
+#:   real weights int8 0.426, int8-cpu 0.412 -> 1.3; fp8 0.291 against the seeds' 0.428 -> 1.3;
+#:   fast int8 0.570, fp8 0.499 -> 1.8, 1.5.
 #:   A near-tie (random weights, an ambiguous photo) then says nothing, and a flip on a decisive
 #:   image means the candidate erred past anything measured. With random weights (the metadata says
 #:   so) agreement is not gated at all: every lead is a near-tie. With 8 photos one flip is 0.125.
@@ -125,23 +151,26 @@ _FP8 = {"photos": {"logits": {"cosine_min": 0.985, "cosine_mean": 0.99, "decisiv
                               "top5_agree": 0.875},
                    "embedding": {"cosine_min": 0.985, "cosine_mean": 0.99}},
         "synthetic": {"logits": {"cosine_min": 0.98}, "embedding": {"cosine_min": 0.98}}}
-_INT8_ACCURATE = {"photos": {"logits": {"cosine_min": 0.995, "cosine_mean": 0.995, "decisive_margin": 0.68,
-                                        "top1_agree": 0.75, "top5_agree": 0.875},
-                             "embedding": {"cosine_min": 0.995, "cosine_mean": 0.995}},
-                  "synthetic": {"logits": {"cosine_min": 0.98}, "embedding": {"cosine_min": 0.98}}}
-_FP8_ACCURATE = {"photos": {"logits": {"cosine_min": 0.985, "cosine_mean": 0.99, "decisive_margin": 1.3,
-                                       "top1_agree": 0.75, "top5_agree": 0.875},
-                            "embedding": {"cosine_min": 0.985, "cosine_mean": 0.99}},
-                 "synthetic": {"logits": {"cosine_min": 0.985}, "embedding": {"cosine_min": 0.985}}}
 #: The "fast" int8/fp8 recipe's limits (export/precision.py RECIPES): the ones above, from its own spread.
 FAST = {"int8": _INT8, "fp8": _FP8}
+#: The real-weights recipes (export/precision.py RECIPES, CPU_RECIPES), one gate for int8,
+#: fp8 and int8-cpu: see REAL_WEIGHTS_LIMITS below for where each number comes from.
+def _quantized(worst: float, mean: float, margin: float, synthetic: float) -> dict:
+    return {"photos": {"logits": {"cosine_min": worst, "cosine_mean": mean, "decisive_margin": margin,
+                                  "top1_agree": 0.75, "top5_agree": 0.875},
+                       "embedding": {"cosine_min": worst, "cosine_mean": mean}},
+            "synthetic": {"logits": {"cosine_min": synthetic}, "embedding": {"cosine_min": synthetic}}}
+
+
+#: (photos worst, photos mean, decisive margin, synthetic worst) per precision, for every recipe but "fast"
+#: (the numbers behind each: the comment above).
+REAL_WEIGHTS_LIMITS = {"int8": (0.99, 0.995, 1.3, 0.98), "fp8": (0.99, 0.995, 1.3, 0.985),
+                       "int8-cpu": (0.99, 0.995, 1.3, 0.98)}
 THRESHOLDS: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "fp32": {"*": {"logits": {"cosine_min": 0.99999, "rel": 1e-4}, "embedding": {"cosine_min": 0.99999, "rel": 1e-4}}},
     "fp16": {"*": {"logits": {"cosine_min": 0.999}, "embedding": {"cosine_min": 0.999}},
-             "photos": {"logits": {"decisive_margin": 0.011, "top1_agree": 0.875, "top5_agree": 1.0}}},
-    "int8": _INT8_ACCURATE,
-    "fp8": _FP8_ACCURATE,
-    "int8-cpu": _INT8,
+             "photos": {"logits": {"decisive_margin": 0.039, "top1_agree": 0.875, "top5_agree": 1.0}}},
+    **{p: _quantized(*v) for p, v in REAL_WEIGHTS_LIMITS.items()},
 }
 AGREEMENT = ("top1_agree", "top5_agree", "decisive_margin")
 
@@ -194,16 +223,17 @@ def apply_overrides(gate: dict, precision: str, overrides: dict[str, float]) -> 
 
 
 #: ``--gate`` overrides for the 2-block, 64-wide random ViT the tests build (tests/conftest.py
-#: SMALL_KWARGS). The stated gate is set for ViT-B/16-384; the toy model varies more. Over 8 seeds
-#: (`python -m benchmarks.gate_spread --small --quant-recipe accurate|fast`, docs/precision.md), by the
-#: rule of THRESHOLDS (worst seed minus twice the spread, rounded down to 0.005):
-#: - int8, accurate recipe: photos worst 0.9892-0.9985, mean 0.9930-0.9988 -> >= 0.97 and >= 0.98;
-#:   fp8: worst 0.9969-0.9984, mean 0.9979-0.9987 -> >= 0.99 and >= 0.995.
-#: - the fast recipe (TOY_VIT_GATE_FAST): int8 worst 0.8919-0.9808, mean 0.9552-0.9871 -> >= 0.71 and
-#:   >= 0.89; fp8 worst 0.9944-0.9979 -> its limits above hold. int8-cpu keeps these (its own quantizer).
+#: SMALL_KWARGS): the toy model varies more than a real one. Over 8 seeds (`python -m benchmarks.gate_spread
+#: --small --seeds 0,1,2,3,4,5,6,7`, docs/precision.md), by the rule of THRESHOLDS (worst seed minus twice
+#: the spread, rounded down to 0.005), the default recipes:
+#: - int8: photos worst 0.9937-0.9998, mean 0.9986-0.9999 -> >= 0.98 and >= 0.995;
+#: - fp8: worst 0.9965-0.9984, mean 0.9979-0.9987 -> >= 0.99 and >= 0.995;
+#: - int8-cpu: worst 0.9940-0.9998, mean 0.9986-0.9999 -> >= 0.98 and >= 0.995.
+#: The fast recipe (TOY_VIT_GATE_FAST, int8 only: its fp8 measured 0.9944-0.9979 and holds the fp8 limits
+#: above): int8 worst 0.8919-0.9808, mean 0.9552-0.9871 -> >= 0.71 and >= 0.89.
 #: The over-quantized graph (every op type + attention) fails either.
-_TOY_LIMITS = {"int8": (0.97, 0.98), "fp8": (0.99, 0.995), "int8-cpu": (0.71, 0.89)}
+_TOY_LIMITS = {"int8": (0.98, 0.995), "fp8": (0.99, 0.995), "int8-cpu": (0.98, 0.995)}
 TOY_VIT_GATE = [f"{p}.photos.{o}.{m}={v}" for p, (worst, mean) in _TOY_LIMITS.items() for o in ("logits", "embedding")
                 for m, v in (("cosine_min", worst), ("cosine_mean", mean))]
-TOY_VIT_GATE_FAST = [f"{p}.photos.{o}.{m}={v}" for p in ("int8", "fp8", "int8-cpu") for o in ("logits", "embedding")
+TOY_VIT_GATE_FAST = [f"int8.photos.{o}.{m}={v}" for o in ("logits", "embedding")
                      for m, v in (("cosine_min", 0.71), ("cosine_mean", 0.89))]

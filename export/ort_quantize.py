@@ -30,7 +30,8 @@ CPU_QUANT = {"op_types": ["MatMul", "Gemm"], "per_channel": True, "activation": 
              "calibration": "MinMax"}
 
 
-def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None = None, fuse: bool = True) -> dict:
+def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None = None, fuse: bool = True,
+             attention: bool = True, activation_symmetric: bool = False, exclude: list[str] | None = None) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -54,12 +55,17 @@ def quantize(src: Path, out: Path, calib: np.ndarray, op_types: list[str] | None
         pre = work / "fused.onnx"
         optimized.save_model_to_file(os.fspath(pre))
     q = CPU_QUANT
+    excluded = list(exclude or [])
+    if not attention:
+        from .cpu_attention import attention_matmuls
+
+        excluded += [n.name for n in attention_matmuls(onnx.load(os.fspath(pre)).graph)]
     quantize_static(os.fspath(pre), os.fspath(out), _ProgressReader(calib, "image", "calibrating int8-cpu (MinMax)"),
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types or q["op_types"],
                     per_channel=q["per_channel"], activation_type=getattr(QuantType, q["activation"]),
                     weight_type=getattr(QuantType, q["weight"]),
-                    calibrate_method=getattr(CalibrationMethod, q["calibration"]),
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                    calibrate_method=getattr(CalibrationMethod, q["calibration"]), nodes_to_exclude=excluded or None,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": activation_symmetric})
     from .cpu_attention import rewrite
 
     model = onnx.load(os.fspath(out))

@@ -4,16 +4,21 @@
   calibration images and keeps in FP32 every node whose inputs or outputs exceed ``data_max`` (512)
   or whose initializers do not fit FP16; everything else becomes FP16. LayerNormalization keeps
   ``stash_type=1``: its mean and variance are computed in FP32 even with FP16 inputs.
-- int8 / fp8: explicit QuantizeLinear/DequantizeLinear (``modelopt.onnx.quantization.quantize``),
-  symmetric, per-channel weights, calibrated on CALIB_DIR, in one of two :data:`RECIPES`: "accurate"
-  (the default: Q/DQ on the 48 Linear MatMuls only, FP32 for the rest) or "fast" (the earlier one:
-  ModelOpt's own placement, which adds the LayerNorms' residual inputs and the patch Conv, FP16 for the
-  rest). The attention matrix multiplications are not quantized (``disable_mha_qdq``): TensorRT has no
-  INT8 fused attention for 577 tokens, and quantizing them costs accuracy. docs/precision.md has the
-  measurements, one change at a time, behind the recipes.
+- int8 / fp8 for TensorRT: explicit QuantizeLinear/DequantizeLinear (``modelopt.onnx.quantization.quantize``),
+  symmetric, per-channel weights, calibrated on CALIB_DIR, in one of the :data:`RECIPES`. The default,
+  "accurate", puts Q/DQ on the 48 Linear MatMuls only and FP16 everywhere else (LayerNorm with FP32
+  statistics); attention stays FP16 without Q/DQ, the form TensorRT runs as one fused MHA kernel.
+  "smooth" adds SmoothQuant's scale migration before int8 calibration (export/smooth.py). "fp32" is the
+  2026-12-01 recipe (FP32 around the int8 layers: slower on a GPU than the fp16 plan,
+  export/plan_estimate.py), "fast" the one before (ModelOpt's own placement, which adds the LayerNorms'
+  residual inputs and the Conv).
+- int8-cpu, for CPUs: the same ModelOpt int8 Q/DQ on the Linear MatMuls with FP32 around them
+  (:data:`CPU_RECIPES` "modelopt"; "smooth" after SmoothQuant); ONNX Runtime's own static quantizer with
+  int8 attention (export/ort_quantize.py) stays as ``--cpu-recipe ort``, the recipe before 2026-12-03.
 
-The graph's I/O keeps the artifact contract (uint8 image in, float32 out). ModelOpt rewrites its input
-file in place, so it always gets a copy of the fp32 artifact.
+docs/precision.md has the measurements, one change at a time, behind each recipe, on random-init seeds
+and on the real-weights model (WEIGHTS=dinov2). The graph's I/O keeps the artifact contract (uint8
+image in, float32 out). ModelOpt rewrites its input file in place, so it always gets a copy.
 """
 
 from __future__ import annotations
@@ -33,18 +38,55 @@ PRECISIONS = ("fp16", "int8", "fp8", "int8-cpu")
 #: it; export/ort_quantize.py makes it).
 CPU_PRECISIONS = ("int8-cpu",)
 CALIBRATION_METHODS = ("max", "entropy")
+#: ``--calib-method auto`` (the default): ModelOpt's own default per precision. On the real-weights model,
+#: int8 after SmoothQuant: entropy photos worst 0.9943 / mean 0.9972, max 0.9833 / 0.9946 (the trained
+#: activations' tails: max spends the 8 bits on them); with FP32 around, entropy lifts the 2026-12-01
+#: recipe's 0.9881 too; fp8 keeps max (E4M3's range covers the tails).
+AUTO_CALIBRATION = {"int8": "entropy", "int8-cpu": "entropy", "fp8": "max"}
+
+
+def calibration_method(precision: str, method: str = "auto") -> str | None:
+    """The method ``precision`` calibrates with (None: fp16; "minmax": int8-cpu's ORT recipe sets it)."""
+    if precision == "fp16":
+        return None
+    if method == "auto":
+        return AUTO_CALIBRATION[precision]
+    if method not in CALIBRATION_METHODS:
+        raise BuildError(f"calibration method {method!r}; expected auto or one of {CALIBRATION_METHODS}")
+    return method
 #: Bumped when the pass that makes a variant changes its graph for the same inputs, so that a variant
 #: made by an older vitrt is rebuilt rather than reused (as GRAPH_REVISION does for the fp32 graph):
 #: int8-cpu 2 = int8 attention in OpenVINO's layout and float outputs, 3 = GELU reads the float
 #: MatMul output (export/ort_quantize.py).
-VARIANT_REVISION = {"fp16": 1, "int8": 2, "fp8": 2, "int8-cpu": 3}  # int8/fp8 2: the recipes
-#: The int8/fp8 recipes for TensorRT: the op types ModelOpt quantizes (None: its own choice) and the
-#: precision of everything else. Measured on the seed-99 ViT-B/16-384 (docs/precision.md): ModelOpt's
-#: placement with FP16 gave int8 photos worst cosine 0.987; Linear MatMuls only, 0.995; and FP32 for the
-#: rest, 0.9985: every single op type kept in FP32 alone (LayerNorm, the residual Add, the attention
-#: MatMuls and Softmax, all elementwise ops) recovered at most 0.001 of it.
-RECIPES = {"accurate": {"op_types": ["MatMul"], "high_precision_dtype": "fp32"},
-           "fast": {"op_types": None, "high_precision_dtype": "fp16"}}
+VARIANT_REVISION = {"fp16": 1, "int8": 3, "fp8": 3, "int8-cpu": 4}  # int8/fp8 3, int8-cpu 4: the real-weights recipes
+#: The int8/fp8 recipes for TensorRT: the op types ModelOpt quantizes (None: its own choice), the precision
+#: of everything else, and the SmoothQuant strength per precision (None: no migration). Measured on the
+#: real-weights model (WEIGHTS=dinov2) and on random-init ViT-B seeds (docs/precision.md, "INT8 and FP8
+#: on real weights"), photos worst / mean:
+#: - accurate: real weights int8 0.9928 / 0.9963, fp8 0.9957 / 0.9969; ViT-B seed 0 int8 0.9963 / 0.9978.
+#:   FP16 around, so faster than the fp16 plan by TensorRT's rules (export/plan_estimate.py).
+#: - smooth: real weights int8 0.9943 / 0.9972, but ViT-B seeds 0.9877-0.9898 / 0.9947-0.9955, under the
+#:   gate: the migration helps a model with outlier channels and costs one without. Opt-in. fp8 is never
+#:   migrated (it cost fp8 0.003 at the worst photo: E4M3 has the range the migration buys int8).
+#: - fp32 (the recipe of 2026-12-01): real weights int8 0.9881 / 0.9942 (max calibration); FP32 attention
+#:   and LayerNorm make it about 3x slower than the fp16 plan on a GPU by the same estimate.
+#: - fast (the one before): ModelOpt's placement, which also quantizes the LayerNorms' residual inputs
+#:   and the patch Conv: real weights int8 0.58 / 0.78.
+RECIPES = {"accurate": {"op_types": ["MatMul"], "high_precision_dtype": "fp16", "smooth": None},
+           "smooth": {"op_types": ["MatMul"], "high_precision_dtype": "fp16", "smooth": {"int8": 0.5, "fp8": None}},
+           "fp32": {"op_types": ["MatMul"], "high_precision_dtype": "fp32", "smooth": None},
+           "fast": {"op_types": None, "high_precision_dtype": "fp16", "smooth": None}}
+#: int8-cpu's recipes: "modelopt" (the default) is ModelOpt's int8 on the Linear MatMuls, FP32 around them,
+#: attention FP32: real weights photos worst 0.9921 / mean 0.9964 (OpenVINO NNCF INT8 0.9912 / 0.9977),
+#: ViT-B seed 0 0.9961 / 0.9978. "smooth" adds SmoothQuant: real weights 0.9956 / 0.9974, ViT-B seeds under
+#: the gate (0.9877). "ort" is ONNX Runtime's own quantizer with int8 attention (export/ort_quantize.py):
+#: real weights 0.88 / 0.95, its uint8 softmax probabilities (steps of 1/255) the main cost.
+CPU_RECIPES = {"modelopt": {"op_types": ["MatMul"], "high_precision_dtype": "fp32", "smooth": None},
+               "smooth": {"op_types": ["MatMul"], "high_precision_dtype": "fp32", "smooth": {"int8": 0.5}},
+               "ort": {"tool": "onnxruntime"}}
+#: At most this many calibration images measure the channel ranges SmoothQuant migrates (a max over
+#: every token of each image; more images move it little and cost a pass each).
+SMOOTH_IMAGES = 64
 #: Images AutoCast runs to find FP16 range overflows. It keeps every intermediate tensor of every
 #: image: measured peak 5.6 GB with 1 image, 9.8 GB with 2, 14.0 GB with 4 for ViT-B/16-384. One image
 #: is the default: the flag threshold (512) is 128x below FP16's limit (65504), so an activation that
@@ -97,16 +139,33 @@ def _fp16(src: Path, calib: np.ndarray, workdir: Path, keep_fp32_ops: list[str])
     return model, options
 
 
+def _smooth(src: Path, calib: np.ndarray, alpha: float | None) -> dict | None:
+    """SmoothQuant's migration on the fp32 copy at ``src`` (in place), before calibration."""
+    if alpha is None:
+        return None
+    import onnx
+
+    from .smooth import migrate
+
+    model = onnx.load(os.fspath(src))
+    done = migrate(model, calib[:SMOOTH_IMAGES], alpha=alpha)
+    onnx.save(model, os.fspath(src))
+    return {**done, "images": int(min(len(calib), SMOOTH_IMAGES))}
+
+
 def _quantize(mode: str, src: Path, calib: np.ndarray, workdir: Path, method: str, op_types: list[str] | None,
-              quantize_attention: bool, eps: list[str], recipe: str = "accurate"):
+              quantize_attention: bool, eps: list[str], recipe: str = "accurate", table: dict | None = None):
     from modelopt.onnx.quantization import quantize
 
-    if recipe not in RECIPES:
-        raise BuildError(f"quantization recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
+    table = table or RECIPES
+    if recipe not in table:
+        raise BuildError(f"quantization recipe {recipe!r}; expected one of {', '.join(table)}")
+    spec = table[recipe]
     out = workdir / f"{mode}.onnx"
+    smooth = _smooth(src, calib, (spec.get("smooth") or {}).get(mode))
     reader = _ProgressReader(calib, "image", f"calibrating {mode} ({method}, {recipe})")
-    op_types = op_types or RECIPES[recipe]["op_types"]
-    high = RECIPES[recipe]["high_precision_dtype"]
+    op_types = op_types or spec["op_types"]
+    high = spec["high_precision_dtype"]
     kwargs: dict[str, Any] = {}
     if op_types:
         kwargs["op_types_to_quantize"] = op_types
@@ -117,7 +176,7 @@ def _quantize(mode: str, src: Path, calib: np.ndarray, workdir: Path, method: st
 
     options = {"tool": "modelopt.onnx.quantization.quantize", "recipe": recipe, "quantize_mode": mode,
                "calibration_method": method, "high_precision_dtype": high, "disable_mha_qdq": not quantize_attention,
-               "op_types_to_quantize": op_types, "calibration_eps": eps}
+               "op_types_to_quantize": op_types, "calibration_eps": eps, "smoothquant": smooth}
     return onnx.load(os.fspath(out)), options
 
 
@@ -160,10 +219,10 @@ def summarize(model) -> dict[str, Any]:
 
 
 def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndarray | None,
-                 calib_provenance: dict | None, *, method: str = "max", keep_fp32_ops: list[str] | None = None,
+                 calib_provenance: dict | None, *, method: str = "auto", keep_fp32_ops: list[str] | None = None,
                  op_types: list[str] | None = None, quantize_attention: bool = False, eps: list[str] | None = None,
                  recipe: dict | None = None, extra_metadata: dict | None = None, quant_recipe: str = "accurate",
-                 workdir: str | os.PathLike | None = None,
+                 cpu_recipe: str = "modelopt", workdir: str | os.PathLike | None = None,
                  log: Callable[[str], None] = print):
     """Make the ``precision`` variant of ``fp32_path``; returns (ModelProto with metadata, metadata).
 
@@ -177,8 +236,7 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
 
     if precision not in PRECISIONS:
         raise BuildError(f"precision {precision!r}; expected one of {PRECISIONS}")
-    if precision in ("int8", "fp8") and method not in CALIBRATION_METHODS:
-        raise BuildError(f"calibration method {method!r}; expected one of {CALIBRATION_METHODS}")
+    method = calibration_method(precision, method) or method
     if calib is None or len(calib) == 0:
         raise BuildError(f"{precision} needs calibration images")
     t0 = time.perf_counter()
@@ -192,8 +250,13 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
         shutil.copyfile(fp32_path, src)
         _publish.on_event("scratch", workdir)
         try:
-            if precision in CPU_PRECISIONS:
+            if precision in CPU_PRECISIONS and cpu_recipe not in CPU_RECIPES:
+                raise BuildError(f"int8-cpu recipe {cpu_recipe!r}; expected one of {', '.join(CPU_RECIPES)}")
+            if precision in CPU_PRECISIONS and cpu_recipe == "ort":
                 model, options = _quantize_cpu(src, calib, workdir, op_types, fuse=True)
+            elif precision in CPU_PRECISIONS:
+                model, options = _quantize("int8", src, calib, workdir, method, op_types, quantize_attention,
+                                           list(eps or ["cpu"]), cpu_recipe, CPU_RECIPES)
             elif precision == "fp16":
                 model, options = _fp16(src, calib, workdir, list(keep_fp32_ops or []))
             else:
@@ -214,7 +277,7 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     meta = dict(metadata)
     meta["precision"] = precision
     meta["precision_pass"] = {**options, **summary, "seconds": round(time.perf_counter() - t0, 1)}
-    method = "minmax" if precision in CPU_PRECISIONS else method
+    method = "minmax" if precision in CPU_PRECISIONS and cpu_recipe == "ort" else method
     meta["calibration"] = {**(calib_provenance or {}), "method": method if precision != "fp16" else None,
                            "used": int(len(calib)),
                            "use": "AutoCast FP16 range check" if precision == "fp16" else f"{precision} Q/DQ ranges"}
@@ -222,6 +285,10 @@ def make_variant(precision: str, fp32_path: Path, metadata: dict, calib: np.ndar
     meta["source_onnx"] = {"file": fp32_path.name, "sha256": source_sha}
     meta["onnx"] = {**metadata.get("onnx", {}), "opset": summary["opset"]}
     meta["recipe"] = recipe
+    if precision not in CPU_PRECISIONS:  # what a plan of it should gain over the fp16 plan, by TensorRT's rules
+        from .plan_estimate import record
+
+        meta["plan_estimate"] = record(model)
     meta.update(extra_metadata or {})
     set_metadata(model, meta)
     log(f"{precision}: {summary['qdq_pairs']} Q/DQ pairs on {summary['quantized_ops'] or 'no ops'}, "

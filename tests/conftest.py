@@ -67,6 +67,22 @@ def small_build(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ort_int8_cpu(small_build, tmp_path_factory) -> Path:
+    """The small ViT's int8-cpu made with ``--cpu-recipe ort`` (ONNX Runtime's quantizer, int8 attention
+    in export/cpu_attention.py's layout: the recipe before 2026-12-03), from a copy of small_build's fp32."""
+    import shutil
+
+    from export.build import build
+
+    out = tmp_path_factory.mktemp("ort_int8_cpu")
+    fp32 = small_build[0]["fp32"]
+    for name in (fp32.name, fp32.name + ".parity.json", "m.reference.npz"):
+        shutil.copy(fp32.with_name(name), out / name)
+    return build(build_opts(out, precision="int8-cpu", calib_dir="builtin", plan="no", cpu_recipe="ort"),
+                 log=lambda m: None)["int8-cpu"]
+
+
+@pytest.fixture(scope="session")
 def photos() -> list[Path]:
     from export.images import builtin_photos
 
