@@ -45,8 +45,33 @@ def test_a_gpu_takes_a_plan_that_runs_on_it(fleet):
     path, why = choose(fleet, h100)
     assert path.name == "b16_384.plan" and "full TensorRT 10.14.1.50 plan built for compute capability 9.0" in why
     ada = Machine(gpu=RTX4090, flavours={"tensorrt-rtx": "1.7.1.116", "tensorrt": "10.14.1.48"}, providers=GPU_ORT)
-    path, why = choose(fleet, ada)  # int8 before fp16; the fp16 plan is for sm_90
+    path, why = choose(fleet, ada)  # the fp16 plan is for sm_90: the int8 one is the only plan that runs
     assert path.name == "b16_384_int8.plan" and "targets include sm_89" in why
+
+
+def _plan(folder: Path, precision: str, estimate: dict | None) -> None:
+    name = "b16_384.plan" if precision == "fp16" else f"b16_384_{precision}.plan"
+    data = {"plan": {"flavour": "tensorrt", "tensorrt": "10.14.1.48", "compute_capability": "9.0"}}
+    if estimate is not None:
+        data["plan_estimate"] = {"speedup_vs_fp16": estimate}
+    _artifact(folder, name)
+    (folder / (name + ".json")).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("estimate, chosen", [
+    ({"H100 SXM": 1.56, "L4": 1.42}, "b16_384_int8.plan"),  # faster on every GPU modelled: first
+    ({"H100 SXM": 1.2, "L4": 0.95}, "b16_384.plan"),  # slower on one of them: fp16 first
+    ({"H100 SXM": 0.35, "L4": 0.29}, "b16_384.plan"),  # the fp32-around recipe (export/plan_estimate.py)
+    (None, "b16_384.plan"),  # built before vitrt estimated plans: not known to be faster
+])
+def test_an_int8_plan_goes_first_only_where_its_estimate_is_faster(tmp_path, estimate, chosen):
+    (tmp_path / "b16_384.reference.npz").write_bytes(b"")
+    _plan(tmp_path, "fp16", None)
+    _plan(tmp_path, "int8", estimate)
+    h100 = Machine(gpu=H100, flavours={"tensorrt": "10.14.1.48"}, providers=GPU_ORT)
+    path, why = choose(tmp_path, h100)
+    assert path.name == chosen, why
+    assert ("estimated" in why) == (chosen != "b16_384.plan")
 
 
 def test_a_gpu_without_a_usable_plan_takes_the_onnx_on_cuda(fleet):

@@ -5,10 +5,12 @@
 
 The rule, in one function (:func:`choose`), driven by a :class:`Machine` that tests can fake:
 
-1. With an NVIDIA GPU: a plan that runs on this GPU, fastest precision first (fp8, int8, fp16, fp32):
-   full TensorRT built for this compute capability, or TensorRT-RTX with this GPU among its targets,
-   and the TensorRT flavour that built it installed here at the same version. Then the ONNX on ONNX
-   Runtime's CUDA provider (fp16, then fp32).
+1. With an NVIDIA GPU: a plan that runs on this GPU, the fastest first by :func:`plan_speed`: fp16, and
+   ahead of it an int8 or fp8 plan only where its build's estimate (``plan_estimate`` in its sidecar,
+   export/plan_estimate.py: TensorRT's rules and a roofline on each GPU it models) says it is faster
+   than the fp16 plan on every one of them; fp32 last. Full TensorRT built for this compute capability,
+   or TensorRT-RTX with this GPU among its targets, and the TensorRT flavour that built it installed
+   here at the same version. Then the ONNX on ONNX Runtime's CUDA provider (fp16, then fp32).
 2. Without one: ``NAME_int8_cpu.onnx``, then the fp32 ONNX. :func:`cpu_backend` says which runtime
    runs it: OpenVINO where it is installed and the CPU has the instructions its fast kernels for that
    artifact need (int8-cpu: AVX-512 VNNI, AMX or AVX-VNNI; fp32: AVX-512 VNNI or AMX), ONNX Runtime
@@ -96,6 +98,26 @@ def _plan_runs_here(plan: Path, machine: Machine) -> str | None:
     return None
 
 
+def plan_speed(plan: Path, precision: str) -> tuple[float, str]:
+    """(estimated throughput against the fp16 plan, why) of a published plan: fp16 1; int8/fp8 the
+    lowest ``plan_estimate.speedup_vs_fp16`` its sidecar records (a plan without one, built before
+    vitrt estimated plans, 0.99: not known to be faster, so after fp16); fp32 0 (always last)."""
+    import json
+
+    if precision == "fp16":
+        return 1.0, "the fp16 plan"
+    if precision == "fp32":
+        return 0.0, "the fp32 plan"
+    try:
+        est = (json.loads(sidecar_path(plan).read_text()).get("plan_estimate") or {}).get("speedup_vs_fp16") or {}
+        value = min(float(v) for v in est.values()) if est else None
+    except (OSError, ValueError, TypeError):
+        value = None
+    if value is None:
+        return 0.99, f"{precision} plan with no estimate against fp16 (built before vitrt estimated plans)"
+    return value, f"{precision} plan estimated {value:.2f}x the fp16 plan's throughput (export/plan_estimate.py)"
+
+
 def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str | None = None) -> tuple[Path, str]:
     """(artifact, reason): the best published artifact in ``folder`` for ``machine`` (default: here)."""
     folder = Path(folder)
@@ -111,13 +133,19 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
     published = lambda p: p.is_file() and parity_path(p).is_file()  # noqa: E731
     tried = []
     if machine.gpu is not None:
-        for precision in PLAN_ORDER:
+        ranked = []
+        for order, precision in enumerate(PLAN_ORDER):
             plan = plan_path(folder, name, precision)
             if published(plan):
                 why = _plan_runs_here(plan, machine)
                 if why:
-                    return plan, f"{machine.gpu['name']}: {why}"
-                tried.append(plan.name)
+                    speed, because = plan_speed(plan, precision)
+                    ranked.append((-speed, order, plan, f"{machine.gpu['name']}: {why}; {because}"))
+                else:
+                    tried.append(plan.name)
+        if ranked:
+            _, _, plan, why = min(ranked)
+            return plan, why
         if "CUDAExecutionProvider" in machine.providers:
             for precision in ("fp16", "fp32"):
                 path = onnx_path(folder, name, precision)
@@ -144,11 +172,13 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
 OPENVINO_INT8_ATTENTION_ISA = ("AMX-INT8", "AVX-512 VNNI", "AVX-VNNI")
 
 #: The CPUs where OpenVINO runs each CPU artifact (docs/benchmarks.md, "CPU peers", has the measurements):
-#: - int8-cpu: where OpenVINO's fused int8 attention kernel runs (:data:`OPENVINO_INT8_ATTENTION_ISA`),
-#:   since int8-cpu's attention layout is made for it (export/cpu_attention.py). Measured on AVX-512 VNNI
-#:   (Ice Lake): 1.44-1.90x its speed on ONNX Runtime; on AVX2 alone (EPYC), where that kernel does not
-#:   run: slower than ONNX Runtime. AMX and AVX-VNNI are OpenVINO's requirement, not measured here: the
-#:   rule expects its VNNI int8 kernels there, a claim for `make bench` on such a CPU to check.
+#: - int8-cpu: where the CPU has 8-bit dot-product instructions (:data:`OPENVINO_INT8_ATTENTION_ISA`: VNNI or
+#:   AMX). The default recipe (int8 Linear layers after SmoothQuant, attention FP32; docs/precision.md) on
+#:   AVX-512 VNNI (AMD EPYC Zen 4, 2 cores, real-weights ViT-S, batch 1): OpenVINO 40.6 ms, ONNX Runtime
+#:   52.6 ms (1.30x). The recipe before (``--cpu-recipe ort``, int8 attention in export/cpu_attention.py's
+#:   layout): 1.44-1.90x on Ice Lake, slower than ONNX Runtime on AVX2 alone (EPYC), where OpenVINO's
+#:   int8 kernels fall back; the default recipe is not yet measured on AVX2 alone, which keeps ONNX
+#:   Runtime there. AMX and AVX-VNNI: OpenVINO's requirement, not measured here.
 #: - fp32: on AVX-512 VNNI 1.11-1.27x ONNX Runtime, on AVX2 alone 0.85-1.07x; AMX unmeasured.
 OPENVINO_ISA = {"int8-cpu": OPENVINO_INT8_ATTENTION_ISA, "fp32": ("AVX-512 VNNI", "AMX-INT8")}
 OPENVINO_PRECISIONS = tuple(OPENVINO_ISA)
