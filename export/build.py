@@ -19,7 +19,8 @@ from vitrt.errors import BuildError, VitrtError
 from vitrt.metadata import Metadata, sha256_file
 
 from . import defaults as D
-from .precision import CPU_PRECISIONS, FP16_RANGE_IMAGES, VARIANT_REVISION, calibration_method
+from .precision import (CPU_PRECISIONS, CPU_RECIPES, FP16_RANGE_IMAGES, VARIANT_REVISION, calibration_method,
+                        check_cpu_recipe)
 from .publish import publish, up_to_date
 
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "fp8", "int8-cpu", "all")
@@ -216,6 +217,10 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> dict[str, P
     precisions = opts.precisions
     gate.parse_gate_overrides(opts.gate)  # a typo fails now, not after the export
     quantized = [p for p in precisions if p != "fp16"]
+    for precision in quantized:  # a method or option a recipe cannot take fails now, not after the others
+        calibration_method(precision, opts.calib_method, opts.cpu_recipe)
+        if precision in CPU_PRECISIONS:
+            check_cpu_recipe(opts.cpu_recipe, opts.calib_method, opts.quantize_op_types, opts.quantize_attention)
     if quantized and not (opts.calib_dir and str(opts.calib_dir).strip()):
         load_calibration(None)  # raises the error that says what to pass, before any heavy work
     if opts.plan not in ("auto", "yes", "no"):
@@ -348,10 +353,10 @@ def _build_variant(ctx: _Context, precision: str, calib, calib_prov: dict, fp32_
     used = calib if quantized else calib[:opts.fp16_range_images]
     wanted = {"format": FORMAT, "precision": precision, "revision": VARIANT_REVISION[precision], "source_sha256": fp32_sha,
               "calibration_sha256": hashlib.sha256(used.tobytes()).hexdigest(),
-              "method": ("minmax" if precision == "int8-cpu" and opts.cpu_recipe == "ort"
-                         else calibration_method(precision, opts.calib_method)),
+              "method": calibration_method(precision, opts.calib_method, opts.cpu_recipe),
               "keep_fp32_ops": None if quantized else sorted(opts.fp16_keep_fp32),
-              "calibration_eps": list(opts.calibration_eps) if precision in ("int8", "fp8") else None,
+              "calibration_eps": list(opts.calibration_eps) if precision in ("int8", "fp8") or (
+                  precision == "int8-cpu" and "module" not in CPU_RECIPES.get(opts.cpu_recipe, {})) else None,
               "op_types": opts.quantize_op_types if quantized else None,
               "quantize_attention": opts.quantize_attention if quantized else None,
               "recipe": opts.quant_recipe if precision in ("int8", "fp8") else opts.cpu_recipe if quantized else None}

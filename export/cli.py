@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the 2026-12-01 recipe: FP32 elsewhere, slower than fp16 on a GPU) or fast (ModelOpt's own "
                         "placement; loses accuracy on trained weights); docs/precision.md (default: %(default)s)")
     g.add_argument("--cpu-recipe", choices=tuple(CPU_RECIPES), default=D.CPU_RECIPE,
-                   help="int8-cpu: modelopt (ModelOpt int8 on the Linear MatMuls, FP32 elsewhere), smooth (the same "
-                        "after SmoothQuant) or ort (ONNX Runtime's quantizer with int8 attention, the recipe before "
-                        "2026-12-03; loses accuracy on trained weights); docs/precision.md (default: %(default)s)")
+                   help="int8-cpu: nncf (NNCF's INT8 on the ONNX graph, OpenVINO's recipe for transformers), modelopt "
+                        "(ModelOpt int8 on the Linear MatMuls, FP32 elsewhere, SmoothQuant where a layer has outlier "
+                        "channels), smooth (the same, every layer migrated) or ort (ONNX Runtime's quantizer with int8 "
+                        "attention, the recipe before 2026-12-03; loses accuracy on trained weights); docs/precision.md "
+                        "(default: %(default)s)")
     g.add_argument("--calib-max", type=int, default=D.CALIB_MAX,
                    help="use at most this many calibration images, evenly spaced (default: %(default)s)")
     g.add_argument("--fp16-keep-fp32", type=lambda s: [x for x in s.split(",") if x], default=[], metavar="OPS",

@@ -17,10 +17,11 @@ CALIB_METHOD = "auto"  # export/precision.py AUTO_CALIBRATION: entropy for int8 
 #: elsewhere), "smooth" (the same after SmoothQuant, for int8), "fp32" (the same Q/DQ with FP32 elsewhere,
 #: 2026-12-01) or "fast" (ModelOpt's own placement)
 QUANT_RECIPE = "accurate"
-#: int8-cpu (export/precision.py CPU_RECIPES): "modelopt" (ModelOpt int8 on the Linear MatMuls, FP32
-#: elsewhere), "smooth" (the same after SmoothQuant) or "ort" (ONNX Runtime's quantizer with int8
-#: attention, before 2026-12-03)
-CPU_RECIPE = "modelopt"
+#: int8-cpu (export/precision.py CPU_RECIPES): "nncf" (NNCF's INT8 on the ONNX graph), "modelopt"
+#: (ModelOpt int8 on the Linear MatMuls, FP32 elsewhere, SmoothQuant where a layer has outliers),
+#: "smooth" (the same, every layer migrated) or "ort" (ONNX Runtime's quantizer with int8 attention,
+#: before 2026-12-03)
+CPU_RECIPE = "nncf"
 CALIB_MAX = 512
 MIN_BATCH, OPT_BATCH, MAX_BATCH_PLAN = 1, 8, 32
 MAX_BATCH_ONNX = 32

@@ -118,15 +118,22 @@ def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads:
 #:   blocks the error stays near 1e-3, i.e. cosine > 0.9999 (measured: 0.9999996). 0.999 allows
 #:   10x more error and still catches a real overflow (an inf/NaN or a clipped activation gives < 0.99).
 #: - int8 / fp8 / int8-cpu: 8-bit activations and weights on the Linear layers cost accuracy. Since
-#:   2026-12-03 the limits hold for two witnesses, each by one rule (the worst minus twice the spread,
-#:   rounded down to 0.005; one build has no spread): the real-weights model (WEIGHTS=dinov2, a trained
-#:   DINOv2 ViT-S backbone: export/real_weights.py) and random-init seeds (`python -m
-#:   benchmarks.gate_spread`), tables in docs/precision.md, "INT8 and FP8 on real weights":
-#:   real weights, photos worst / mean: int8 0.9928 / 0.9963, fp8 0.9957 / 0.9969, int8-cpu 0.9921 / 0.9964;
-#:   ViT-B seeds GATE_B_PLACEHOLDER
-#:   -> photos worst >= 0.99 and mean >= 0.995 for all three (the goal the recipes were made for is
-#:   0.99 / 0.996); synthetic 0.9983 / 0.9970 / 0.9972 -> int8 and int8-cpu >= 0.98, fp8 >= 0.985, the
-#:   random-init seeds' limits of 2026-12-01, which are lower. Made the old ways they fail (tests/test_real_weights.py):
+#:   2026-12-03 each limit is the lower of two witnesses, each by one rule (its worst minus twice its
+#:   spread, rounded down to 0.005; one build has no spread): the real-weights model (WEIGHTS=dinov2, a
+#:   trained DINOv2 ViT-S backbone: export/real_weights.py) and random-init ViT-B/16-384 seeds 0 and 99
+#:   (`python -m benchmarks.gate_spread --seeds 0,99 --precisions int8,fp8,int8-cpu`), tables in
+#:   docs/precision.md, "INT8 and FP8 on real weights". Photos worst / mean, synthetic worst:
+#:   int8: real 0.9928 / 0.9963 / 0.9983; seeds 0.9963-0.9968 / 0.9978-0.9981 / 0.9950-0.9974
+#:         -> photos >= 0.99 worst (real) and >= 0.995 mean (real); synthetic by the rule 0.99 (seeds:
+#:         0.9950 - 2 x 0.0024), kept at 0.985 with int8-cpu's (the same seeds, 0.9949 - 2 x 0.0028):
+#:         synthetic noise is a catastrophe check for INT8, not a parity measure;
+#:   fp8: real 0.9957 / 0.9969 / 0.9970; seeds 0.9940-0.9955 / 0.9956-0.9964 / 0.9936-0.9937
+#:         -> >= 0.99 worst and >= 0.99 mean (both the seeds'), synthetic >= 0.99;
+#:   int8-cpu (ModelOpt's recipe, which set the limits): real 0.9921 / 0.9964 / 0.9972; seeds
+#:         0.9961-0.9967 / 0.9978-0.9982 / 0.9949-0.9977 -> >= 0.99, >= 0.995, synthetic >= 0.985; the
+#:         default since (NNCF's, export/nncf_quantize.py) measures real 0.9970 / 0.9985 / 0.9965, seed 0
+#:         0.9993 / 0.9995 / 0.9979, and keeps them, which the opt-in recipes share.
+#:   Made the old ways they fail (tests/test_real_weights.py):
 #:   int8 with FP32 around (the 2026-12-01 recipe) 0.9881, int8-cpu from ONNX Runtime's quantizer 0.88,
 #:   ModelOpt's own placement 0.58.
 #:   The "fast" recipe (FAST) keeps the limits of its random-init spread: int8 photos worst 0.9869-0.9940,
@@ -137,7 +144,7 @@ def candidate_outputs(path: os.PathLike, inputs: dict[str, np.ndarray], threads:
 #:   spreads. A flip needs a lead below twice the logit error, so the margin is 3x the worst logit
 #:   error over the witnesses (2 for the two logits that move, 1.5 headroom), rounded up to two
 #:   significant digits: photos logit_err worst fp16 0.0034 -> 0.011 (0.013 on real weights: 0.039);
-#:   real weights int8 0.426, int8-cpu 0.412 -> 1.3; fp8 0.291 against the seeds' 0.428 -> 1.3;
+#:   int8 0.426 (real) -> 1.3, int8-cpu 0.412 (real) -> 1.3, fp8 0.431 (seeds) -> 1.3;
 #:   fast int8 0.570, fp8 0.499 -> 1.8, 1.5.
 #:   A near-tie (random weights, an ambiguous photo) then says nothing, and a flip on a decisive
 #:   image means the candidate erred past anything measured. With random weights (the metadata says
@@ -164,8 +171,8 @@ def _quantized(worst: float, mean: float, margin: float, synthetic: float) -> di
 
 #: (photos worst, photos mean, decisive margin, synthetic worst) per precision, for every recipe but "fast"
 #: (the numbers behind each: the comment above).
-REAL_WEIGHTS_LIMITS = {"int8": (0.99, 0.995, 1.3, 0.98), "fp8": (0.99, 0.995, 1.3, 0.985),
-                       "int8-cpu": (0.99, 0.995, 1.3, 0.98)}
+REAL_WEIGHTS_LIMITS = {"int8": (0.99, 0.995, 1.3, 0.985), "fp8": (0.99, 0.99, 1.3, 0.99),
+                       "int8-cpu": (0.99, 0.995, 1.3, 0.985)}
 THRESHOLDS: dict[str, dict[str, dict[str, dict[str, float]]]] = {
     "fp32": {"*": {"logits": {"cosine_min": 0.99999, "rel": 1e-4}, "embedding": {"cosine_min": 0.99999, "rel": 1e-4}}},
     "fp16": {"*": {"logits": {"cosine_min": 0.999}, "embedding": {"cosine_min": 0.999}},
@@ -226,13 +233,14 @@ def apply_overrides(gate: dict, precision: str, overrides: dict[str, float]) -> 
 #: SMALL_KWARGS): the toy model varies more than a real one. Over 8 seeds (`python -m benchmarks.gate_spread
 #: --small --seeds 0,1,2,3,4,5,6,7`, docs/precision.md), by the rule of THRESHOLDS (worst seed minus twice
 #: the spread, rounded down to 0.005), the default recipes:
-#: - int8: photos worst 0.9937-0.9998, mean 0.9986-0.9999 -> >= 0.98 and >= 0.995;
+#: - int8: photos worst 0.9975-0.9998, mean 0.9991-0.9999 -> >= 0.99 and >= 0.995;
 #: - fp8: worst 0.9965-0.9984, mean 0.9979-0.9987 -> >= 0.99 and >= 0.995;
-#: - int8-cpu: worst 0.9940-0.9998, mean 0.9986-0.9999 -> >= 0.98 and >= 0.995.
+#: - int8-cpu: worst 0.9974-0.9998, mean 0.9991-0.9999 (ModelOpt's recipe; the nncf default since:
+#:   0.9995-0.9997 and 0.9997-0.9998) -> >= 0.99 and >= 0.995.
 #: The fast recipe (TOY_VIT_GATE_FAST, int8 only: its fp8 measured 0.9944-0.9979 and holds the fp8 limits
 #: above): int8 worst 0.8919-0.9808, mean 0.9552-0.9871 -> >= 0.71 and >= 0.89.
 #: The over-quantized graph (every op type + attention) fails either.
-_TOY_LIMITS = {"int8": (0.98, 0.995), "fp8": (0.99, 0.995), "int8-cpu": (0.98, 0.995)}
+_TOY_LIMITS = {"int8": (0.99, 0.995), "fp8": (0.99, 0.995), "int8-cpu": (0.99, 0.995)}
 TOY_VIT_GATE = [f"{p}.photos.{o}.{m}={v}" for p, (worst, mean) in _TOY_LIMITS.items() for o in ("logits", "embedding")
                 for m, v in (("cosine_min", worst), ("cosine_mean", mean))]
 TOY_VIT_GATE_FAST = [f"int8.photos.{o}.{m}={v}" for o in ("logits", "embedding")

@@ -108,7 +108,9 @@ def from_onnx(model) -> Graph:
         patch_k = int(d[1] * d[2] * d[3])
     head = next((n for n in graph.node if n.op_type == "Gemm"), None)
     classes = int(inits[head.input[1]].dims[0]) if head is not None and head.input[1] in inits else 1000
-    side = 384 // int(round((patch_k / 3) ** 0.5))
+    shape = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]  # [N, H, W, 3] or [N, 3, H, W]
+    size = (shape[1] if shape[-1] == 3 else shape[2]) if len(shape) == 4 else 0
+    side = (size or 384) // int(round((patch_k / 3) ** 0.5))  # 384: the contract's size, where the dim is symbolic
     lin = {id(x["node"]) for x in layers}
     att = [n for n in graph.node if n.op_type == "MatMul" and id(n) not in lin]
     att_prec = precision(att[0].input[0]) if att else around

@@ -118,7 +118,8 @@ def _value_projection(graph, proj_input: str, producer, inits):
     return mm, bias
 
 
-def migrate(model, calib: np.ndarray, alpha: float = ALPHA, kinds: tuple[str, ...] = KINDS) -> dict:
+def migrate(model, calib: np.ndarray, alpha: float = ALPHA, kinds: tuple[str, ...] = KINDS,
+            min_ratio: float = 0.0) -> dict:
     """Migrate ``model`` (fp32 ModelProto, in place) for the Linear layers of ``kinds``; returns what was
     done per kind. A layer whose input is not of the form above is left as it was and counted."""
     from onnx import helper, numpy_helper
@@ -142,6 +143,9 @@ def migrate(model, calib: np.ndarray, alpha: float = ALPHA, kinds: tuple[str, ..
             skipped[kind] += 1
             continue
         xmax = np.maximum(stats[x_name], 1e-5)
+        if float(xmax.max() / np.median(xmax)) < min_ratio:  # no outlier channel to move: leave the layer
+            skipped["no outlier"] = skipped.get("no outlier", 0) + 1
+            continue
         wmax = np.maximum(np.abs(w).max(axis=1), 1e-5)
         s = np.clip(xmax ** alpha / wmax ** (1 - alpha), 1e-2, 1e2)
         src = producer.get(x_name)

@@ -66,20 +66,31 @@ def small_build(tmp_path_factory):
     return paths, logs
 
 
-@pytest.fixture(scope="session")
-def ort_int8_cpu(small_build, tmp_path_factory) -> Path:
-    """The small ViT's int8-cpu made with ``--cpu-recipe ort`` (ONNX Runtime's quantizer, int8 attention
-    in export/cpu_attention.py's layout: the recipe before 2026-12-03), from a copy of small_build's fp32."""
+def _int8_cpu_with(small_build, tmp_path_factory, recipe: str) -> Path:
     import shutil
 
     from export.build import build
 
-    out = tmp_path_factory.mktemp("ort_int8_cpu")
+    out = tmp_path_factory.mktemp(f"{recipe}_int8_cpu")
     fp32 = small_build[0]["fp32"]
     for name in (fp32.name, fp32.name + ".parity.json", "m.reference.npz"):
         shutil.copy(fp32.with_name(name), out / name)
-    return build(build_opts(out, precision="int8-cpu", calib_dir="builtin", plan="no", cpu_recipe="ort"),
+    return build(build_opts(out, precision="int8-cpu", calib_dir="builtin", plan="no", cpu_recipe=recipe),
                  log=lambda m: None)["int8-cpu"]
+
+
+@pytest.fixture(scope="session")
+def ort_int8_cpu(small_build, tmp_path_factory) -> Path:
+    """The small ViT's int8-cpu made with ``--cpu-recipe ort`` (ONNX Runtime's quantizer, int8 attention
+    in export/cpu_attention.py's layout: the recipe before 2026-12-03), from a copy of small_build's fp32."""
+    return _int8_cpu_with(small_build, tmp_path_factory, "ort")
+
+
+@pytest.fixture(scope="session")
+def modelopt_int8_cpu(small_build, tmp_path_factory) -> Path:
+    """The small ViT's int8-cpu made with ``--cpu-recipe modelopt`` (ModelOpt int8 on the Linear MatMuls,
+    FP32 around, SmoothQuant where a layer has outliers), from a copy of small_build's fp32."""
+    return _int8_cpu_with(small_build, tmp_path_factory, "modelopt")
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +108,9 @@ def skimage_dir() -> Path:
 
 
 #: The files that take longest (measured, `--durations`: the full model's fixture alone is 4-6 min on 2
-#: cores), first: with `make test`'s two processes (--dist loadfile hands out files in collection order)
+#: cores, the real-weights recipes 3 min), first: with `make test`'s two processes (--dist loadfile hands out files in collection order)
 #: the long ones then run beside the short ones rather than alone at the end.
-SLOW_FIRST = ("test_full_model.py", "test_batch.py", "test_gpu_host.py", "test_kill.py", "test_tensorrt_build.py",
+SLOW_FIRST = ("test_full_model.py", "test_real_weights.py", "test_batch.py", "test_gpu_host.py", "test_kill.py", "test_tensorrt_build.py",
               "test_make_and_triton.py", "test_benchmarks.py")
 
 

@@ -44,7 +44,8 @@ def test_the_graph_says_what_each_variant_runs(small_build):
         rec = pe.record(model)
         assert rec["linear_mac_share"] == {precision: 1.0} and all(v > 1 for v in rec["speedup_vs_fp16"].values())
     cpu = pe.from_onnx(onnx.load(str(paths["int8-cpu"])))
-    assert cpu.around == "fp32" and cpu.attention == "fp32"  # made for CPUs: by TensorRT's rules slower than fp16
+    # made for CPUs (NNCF's Q·Kᵀ in int8, softmax·V and the rest FP32): by TensorRT's rules slower than fp16
+    assert cpu.around == "fp32" and cpu.attention in ("int8", "fp32")
     assert all(v < 1 for v in pe.speedup_vs_fp16(cpu).values())
 
 

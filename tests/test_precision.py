@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -142,36 +143,103 @@ def test_per_channel_weight_scales(variants):
             assert scale.ndim == 1 and scale.size == w.shape[axis] > 1, (precision, q.name)
 
 
+def _int8_cpu_layout(model):
+    """(which MatMuls/Gemms/Convs read an int8 DequantizeLinear activation, by kind) of an int8-cpu graph."""
+    from export.smooth import linear_layers
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    linear = {id(x["node"]) for x in linear_layers(model)}
+    assert len(linear) == 4 * SMALL_KWARGS["depth"]
+    got = Counter()
+    for n in model.graph.node:
+        if n.op_type not in ("MatMul", "Gemm", "Conv"):
+            continue
+        act = producers.get(n.input[0])  # NNCF quantizes proj's input before the heads' Reshape
+        while act is not None and act.op_type in ("Reshape", "Transpose"):
+            act = producers.get(act.input[0])
+        act = act if act is not None and act.op_type == "DequantizeLinear" else None
+        src = producers.get(n.input[0])
+        while src is not None and src.op_type in ("DequantizeLinear", "QuantizeLinear", "Cast"):
+            src = producers.get(src.input[0])
+        kind = ("linear" if id(n) in linear else n.op_type if n.op_type != "MatMul"
+                else "attention p.v" if src is not None and src.op_type == "Softmax" else "attention q.k")
+        if act is not None:
+            assert inits[act.input[1]].size == 1, n.name  # per-tensor activation scale
+            got[kind] += 1
+        else:
+            got[kind + " (float)"] += 1
+    return got
+
+
 def test_int8_cpu_graph(variants, photos):
-    """The default int8-cpu (CPU_RECIPES "modelopt"): ModelOpt's symmetric int8 Q/DQ on the 4 Linear
-    MatMuls per block, per-channel weights; attention, LayerNorm, Softmax and the head in FP32; the
-    contract holds; the metadata names the recipe."""
+    """The default int8-cpu (CPU_RECIPES "nncf", export/nncf_quantize.py): NNCF's QDQ on the 4 Linear
+    MatMuls per block, Q·Kᵀ, the patch Conv and the head; softmax·V, LayerNorm and Softmax in FP32;
+    the contract holds; the metadata names the tool and its settings; ONNX Runtime runs it with float
+    outputs."""
     path = variants[0]["int8-cpu"]
     model = onnx.load(path)
     types = _types(model)
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    from export.smooth import linear_layers
-
-    dq = lambda name: producers[name] if name in producers and producers[name].op_type == "DequantizeLinear" else None  # noqa: E731
-    linear = {id(x["node"]) for x in linear_layers(model)}
-    assert len(linear) == 4 * SMALL_KWARGS["depth"]
-    for n in model.graph.node:
-        if n.op_type == "MatMul" and id(n) in linear:
-            act = dq(n.input[0])
-            assert act is not None and inits[act.input[2]].dtype == np.int8 and not inits[act.input[2]].any()
-        elif n.op_type in ("MatMul", "Gemm"):  # attention and the head: float
-            assert not any(dq(i) for i in n.input), n.name
+    layout = _int8_cpu_layout(model)
+    depth = SMALL_KWARGS["depth"]
+    assert layout == {"linear": 4 * depth, "attention q.k": depth, "attention p.v (float)": depth, "Conv": 1,
+                      "Gemm": 1}, layout
     ln = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
     assert types[ln.output[0]] == onnx.TensorProto.FLOAT
     assert types["image"] == onnx.TensorProto.UINT8 and types["logits"] == types["embedding"] == onnx.TensorProto.FLOAT
     meta = Metadata.from_onnx(path).data
-    assert meta["precision"] == "int8-cpu" and meta["calibration"]["method"] == "entropy"
-    assert meta["precision_pass"]["recipe"] == "modelopt" and meta["precision_pass"]["high_precision_dtype"] == "fp32"
-    assert meta["precision_pass"]["smoothquant"] is None and meta["recipe"]["recipe"] == "modelopt"
+    assert meta["precision"] == "int8-cpu" and meta["calibration"]["method"] == "nncf"
+    pp = meta["precision_pass"]
+    assert pp["tool"] == "nncf.quantize" and meta["recipe"]["recipe"] == "nncf"
+    assert (pp["model_type"], pp["preset"], pp["activations_range"], pp["smooth_quant"]) == (
+        "TRANSFORMER", "MIXED", "MINMAX", False)
+    assert pp["subset_size"] == meta["calibration"]["used"] == 32
     with vitrt.Engine(path) as e:
         out = e.infer(np.stack([vitrt.preprocess(p) for p in photos[:2]]))
     assert len(np.unique(out["logits"][0])) > 900  # float outputs, not 256 levels
+
+
+def test_int8_cpu_modelopt_recipe_graph(modelopt_int8_cpu):
+    """``--cpu-recipe modelopt``: ModelOpt's symmetric int8 Q/DQ on the 4 Linear MatMuls per block only,
+    per-channel weights; attention, LayerNorm, Softmax, the Conv and the head in FP32; SmoothQuant looked
+    at every Linear layer and migrated only those with an outlier channel (SMOOTH_MIN_RATIO)."""
+    model = onnx.load(modelopt_int8_cpu)
+    depth = SMALL_KWARGS["depth"]
+    assert _int8_cpu_layout(model) == {"linear": 4 * depth, "attention q.k (float)": depth,
+                                       "attention p.v (float)": depth, "Conv (float)": 1, "Gemm (float)": 1}
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    zeros = [inits[n.input[2]] for n in model.graph.node if n.op_type == "DequantizeLinear" and len(n.input) > 2]
+    assert zeros and all(z.dtype == np.int8 and not z.any() for z in zeros)  # symmetric
+    meta = Metadata.from_onnx(modelopt_int8_cpu).data
+    assert meta["calibration"]["method"] == "entropy" and meta["recipe"]["recipe"] == "modelopt"
+    assert meta["precision_pass"]["high_precision_dtype"] == "fp32"
+    smooth = meta["precision_pass"]["smoothquant"]
+    assert smooth["alpha"] == 0.5 and smooth["min_ratio"] == 8.0
+    assert sum(smooth["migrated"].values()) + sum(smooth["skipped"].values()) == 4 * depth, smooth
+    assert set(smooth["skipped"]) <= {"no outlier"}, smooth
+
+
+def test_a_recipe_that_calibrates_its_own_way_refuses_a_method():
+    from export.precision import calibration_method
+
+    assert calibration_method("int8-cpu", "auto", "nncf") == "nncf"
+    assert calibration_method("int8-cpu", "auto", "modelopt") == "entropy"
+    with pytest.raises(BuildError, match="calibrates its own way"):
+        calibration_method("int8-cpu", "max", "nncf")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"calib_method": "max"}, "--calib-method max with int8-cpu recipe 'nncf'"),
+    ({"quantize_op_types": ["MatMul"]}, "--quantize-op-types with int8-cpu recipe 'nncf'"),
+    ({"quantize_attention": True}, "--quantize-attention with int8-cpu recipe 'nncf'"),
+    ({"cpu_recipe": "nope"}, "int8-cpu recipe 'nope'; expected one of nncf, modelopt"),
+])
+def test_options_int8_cpu_cannot_take_fail_before_any_export(tmp_path, kwargs, match):
+    """PRECISION=all with an option the int8-cpu recipe cannot take fails at once, before the fp32 export
+    and the other variants (nothing is written)."""
+    with pytest.raises(BuildError, match=match):
+        build(build_opts(tmp_path / "out", precision="all", calib_dir="builtin", plan="no", **kwargs), log=lambda m: None)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_int8_cpu_ort_recipe_graph(ort_int8_cpu, photos):

@@ -140,11 +140,12 @@ def choose(folder: str | os.PathLike, machine: Machine | None = None, name: str 
                 why = _plan_runs_here(plan, machine)
                 if why:
                     speed, because = plan_speed(plan, precision)
-                    ranked.append((-speed, order, plan, f"{machine.gpu['name']}: {why}; {because}"))
+                    # fp16 first on a tie: an int8/fp8 plan goes ahead only where it is estimated faster
+                    ranked.append((-speed, precision != "fp16", order, plan, f"{machine.gpu['name']}: {why}; {because}"))
                 else:
                     tried.append(plan.name)
         if ranked:
-            _, _, plan, why = min(ranked)
+            *_, plan, why = min(ranked)
             return plan, why
         if "CUDAExecutionProvider" in machine.providers:
             for precision in ("fp16", "fp32"):
@@ -173,12 +174,13 @@ OPENVINO_INT8_ATTENTION_ISA = ("AMX-INT8", "AVX-512 VNNI", "AVX-VNNI")
 
 #: The CPUs where OpenVINO runs each CPU artifact (docs/benchmarks.md, "CPU peers", has the measurements):
 #: - int8-cpu: where the CPU has 8-bit dot-product instructions (:data:`OPENVINO_INT8_ATTENTION_ISA`: VNNI or
-#:   AMX). The default recipe (int8 Linear layers after SmoothQuant, attention FP32; docs/precision.md) on
-#:   AVX-512 VNNI (AMD EPYC Zen 4, 2 cores, real-weights ViT-S, batch 1): OpenVINO 40.6 ms, ONNX Runtime
-#:   52.6 ms (1.30x). The recipe before (``--cpu-recipe ort``, int8 attention in export/cpu_attention.py's
-#:   layout): 1.44-1.90x on Ice Lake, slower than ONNX Runtime on AVX2 alone (EPYC), where OpenVINO's
-#:   int8 kernels fall back; the default recipe is not yet measured on AVX2 alone, which keeps ONNX
-#:   Runtime there. AMX and AVX-VNNI: OpenVINO's requirement, not measured here.
+#:   AMX). The default recipe (NNCF's INT8 on the ONNX graph, export/nncf_quantize.py; docs/precision.md)
+#:   on AVX-512 VNNI (AMD EPYC, 2 cores, batch 1, one interleaved run each): OpenVINO 79.9 ms, ONNX
+#:   Runtime 116.9 ms on the real-weights ViT-S (1.46x), 213.5 against 268.9 ms on ViT-B/16-384 (1.26x).
+#:   The recipe before (``--cpu-recipe ort``, int8 attention in export/cpu_attention.py's layout):
+#:   1.44-1.90x on Ice Lake, slower than ONNX Runtime on AVX2 alone (EPYC), where OpenVINO's int8
+#:   kernels fall back; the default recipe is not yet measured on AVX2 alone, which keeps ONNX Runtime
+#:   there. AMX and AVX-VNNI: OpenVINO's requirement, not measured here.
 #: - fp32: on AVX-512 VNNI 1.11-1.27x ONNX Runtime, on AVX2 alone 0.85-1.07x; AMX unmeasured.
 OPENVINO_ISA = {"int8-cpu": OPENVINO_INT8_ATTENTION_ISA, "fp32": ("AVX-512 VNNI", "AMX-INT8")}
 OPENVINO_PRECISIONS = tuple(OPENVINO_ISA)
