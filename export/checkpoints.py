@@ -146,8 +146,8 @@ def hf_data_config(proc: dict, where: str = "preprocessor_config.json") -> dict:
         raise BuildError(f"{where}: resample {resample!r}; expected one of PIL's codes {sorted(PIL_RESAMPLE)}")
     mean = list(proc.get("image_mean", [0.5] * 3)) if proc.get("do_normalize", True) else [0.0] * 3
     std = list(proc.get("image_std", [0.5] * 3)) if proc.get("do_normalize", True) else [1.0] * 3
-    size = proc.get("size", {"height": 384, "width": 384})
-    crop = proc.get("crop_size") if proc.get("do_center_crop") else None
+    size = _size_dict(proc.get("size", {"height": 384, "width": 384}), where, "size")
+    crop = _size_dict(proc.get("crop_size"), where, "crop_size") if proc.get("do_center_crop") else None
     cfg = {"input_size": [3, 384, 384], "interpolation": PIL_RESAMPLE[resample], "mean": mean, "std": std}
     crop_hw = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (384, 384)
     if crop_hw != (384, 384):
@@ -163,6 +163,20 @@ def hf_data_config(proc: dict, where: str = "preprocessor_config.json") -> dict:
     if crop is None and edge != 384:
         raise BuildError(f"{where}: size {size} without a center crop; expected 384x384 (the artifact's input)")
     return {**cfg, "crop_mode": "squash", "crop_pct": _crop_pct(edge)}
+
+
+def _size_dict(value, where: str, key: str) -> dict | None:
+    """A processor's ``size`` / ``crop_size`` in every form transformers reads for a ViT
+    (``get_size_dict(..., default_to_square=True)``): an int (the legacy ``ViTFeatureExtractor`` configs of
+    google/vit-*: both sides), a [height, width] pair, or a dict."""
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"height": value, "width": value}
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return {"height": value[0], "width": value[1]}
+    raise BuildError(f"{where}: {key} {value!r}; expected an int, [height, width], {{'height': H, 'width': W}} or "
+                     "{'shortest_edge': S}")
 
 
 def _crop_pct(edge: int) -> float:

@@ -156,6 +156,192 @@ def test_a_backend_error_reaches_every_request_of_its_batch_and_close_drains():
         batcher.submit(np.zeros((1, 1)))
 
 
+def test_a_request_that_cannot_join_a_batch_fails_alone_at_submit():
+    """Rows of another shape than the batcher's (given, or set by the first request), or of another dtype
+    than a given one, are refused at submit with got/expected; the feeding thread and the requests already
+    queued are untouched."""
+    model = CostModel()
+    batcher = Batcher(model, max_batch=4, max_delay_ms=30)
+    first = batcher.submit(np.zeros((1, 1), np.int64))
+    with pytest.raises(InputError, match="int64 rows of shape \\(2,\\); expected any rows of shape \\(1,\\)"):
+        batcher.submit(np.zeros((1, 2), np.int64))
+    assert wait(first, 5000)["marker"].tolist() == [0] and wait(batcher.submit(np.ones((2, 1), np.int64)), 5000)
+    batcher.close()
+    given = Batcher(model, max_batch=4, item=((1,), np.int64))
+    with pytest.raises(InputError, match="expected int64 rows"):
+        given.submit(np.zeros((1, 1), np.float64))
+    given.close()
+
+
+def test_nothing_raised_in_the_feeding_thread_stops_it():
+    """A backend that returns the wrong rows (or raises) fails that batch's requests with the reason; the
+    thread lives on and the next request is answered (within a bound, not forever)."""
+    calls = []
+
+    def short(batch):
+        calls.append(len(batch))
+        return {"marker": batch[:1, 0]} if len(calls) == 1 else {"marker": batch[:, 0]}
+
+    batcher = Batcher(short, max_batch=4, max_delay_ms=0)
+    with pytest.raises(vitrt.BackendError, match="expected a dict of outputs with 2 rows each"):
+        wait(batcher.submit(np.zeros((2, 1))), 5000)
+    assert wait(batcher.submit(np.full((2, 1), 7.0)), 5000)["marker"].tolist() == [7.0, 7.0]
+    assert batcher._thread.is_alive()
+    batcher.close()
+
+
+def test_an_nchw_artifact_batches_threads_and_coroutines_together(small_onnx_nchw, photos, crops):
+    """A float32 NCHW artifact with batching: a thread's normalized [1, 3, 384, 384] infer and a
+    coroutine's apredict (crops, normalized by the Engine as infer() does) meet in the batcher and each
+    gets the plain Engine's answer. Before, apredict queued uint8 NHWC rows beside float32 NCHW ones and
+    the feeding thread died on the concatenate: every caller then waited forever."""
+    from vitrt.preprocess import normalize_nchw
+
+    with vitrt.Engine(small_onnx_nchw, providers=["CPUExecutionProvider"]) as plain:
+        meta = plain.metadata
+        want = plain.infer(normalize_nchw(crops[:2], meta.data_config))
+        want_top = plain.predict(photos[1], topk=3)
+    with vitrt.Engine(small_onnx_nchw, providers=["CPUExecutionProvider"], batching=True, max_delay_ms=50) as engine:
+        x = normalize_nchw(crops[:1], meta.data_config)
+
+        async def both():
+            loop = asyncio.get_running_loop()
+            thread = loop.run_in_executor(None, lambda: engine.infer(x, timeout_ms=20000))
+            return await asyncio.wait_for(asyncio.gather(thread, engine.apredict(photos[1], topk=3, timeout_ms=20000)), 30)
+
+        out, top = asyncio.run(both())
+    np.testing.assert_allclose(out["logits"][0], want["logits"][0], rtol=0, atol=1e-4 * np.abs(want["logits"]).max())
+    assert [p.index for p in top] == [p.index for p in want_top]
+
+
+def test_a_split_call_that_started_is_not_timed_out_and_one_that_did_not_runs_nothing():
+    """timeout_ms means the call had not started. 16 rows at max_batch 4 take 4 batches (about 0.18 s of
+    CostModel) against a 60 ms timeout: the first part starts at once, so the whole call is answered (before,
+    the joined future never entered RUNNING and the timeout cancelled it after parts had run). Behind a
+    batch that holds the backend, the same call times out with Overloaded and none of its parts runs."""
+    model = CostModel()
+    batcher = Batcher(model, max_batch=4, max_delay_ms=1)
+    rows = np.arange(16).reshape(16, 1)
+    out = wait(batcher.submit(rows, timeout_ms=60), 60)
+    assert out["marker"].tolist() == [10 * i for i in range(16)] and model.sizes == [4, 4, 4, 4]
+
+    gate = threading.Event()
+
+    def held(batch):
+        gate.wait(10)
+        return model(batch)
+
+    busy = Batcher(held, max_batch=4, max_delay_ms=0)
+    first = busy.submit(np.zeros((1, 1), np.int64))
+    time.sleep(0.05)  # the first batch is running, holding the backend
+    model.sizes.clear()
+    with pytest.raises(Overloaded, match="without starting"):
+        wait(busy.submit(rows, timeout_ms=60), 60)
+    gate.set()
+    assert wait(first, 5000)["marker"].tolist() == [0]
+    busy.close()
+    assert model.sizes == [1]  # only the request that held the backend ran
+
+
+def test_an_engine_dropped_without_close_is_collected_and_its_thread_ends(small_onnx, crops):
+    """The ownership rule of concurrent.futures: the feeding thread must not keep the Engine (and its
+    backend, on a GPU its memory) alive. Dropped without close(), the Engine is collected and its batcher
+    closed: the thread ends (before, each such Engine leaked its thread and backend for good)."""
+    import gc
+    import weakref
+
+    engine = vitrt.Engine(small_onnx, providers=["CPUExecutionProvider"], batching=True)
+    assert engine.infer(crops[:1])["logits"].shape[0] == 1
+    thread, ref = engine._batcher._thread, weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert ref() is None, gc.get_referrers(ref())
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def _in_a_fork(child) -> tuple[int, str]:
+    """Run ``child()`` (returns a short str) in a forked process; (exit code, what it wrote). The parent
+    waits at most 30 s, then kills it: a hang in the child fails the test instead of the suite."""
+    import os
+    import signal
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            msg = child()
+        except BaseException as exc:
+            msg, code = f"{type(exc).__name__}: {exc}", 3
+        os.write(w, msg.encode()[:4000])
+        os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(r)
+            return -1, "hung"
+        time.sleep(0.05)
+    out = os.read(r, 4000).decode()
+    os.close(r)
+    return os.waitstatus_to_exitcode(status), out
+
+
+@pytest.mark.parametrize("lock_held", [False, True])
+def test_a_forked_child_gets_a_clear_error_not_a_hang(small_onnx, crops, lock_held):
+    """fork() copies the Batcher but not its thread: a child's predict hung for good, and a fork while the
+    thread held the lock deadlocked submit. Now the child's call raises BackendError naming the fork,
+    also when the lock was held at the fork (a thread of the parent holds it, as the feeding thread does
+    while it takes a batch); the parent's engine keeps working."""
+    with vitrt.Engine(small_onnx, providers=["CPUExecutionProvider"], batching=True) as engine:
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with engine._batcher._cv:
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        if lock_held:
+            holder.start()
+            assert held.wait(10)
+
+        def child():
+            try:
+                engine.infer(crops[:1])
+            except vitrt.BackendError as exc:
+                return str(exc)
+            return "answered"
+
+        code, out = _in_a_fork(child)
+        release.set()
+        if lock_held:
+            holder.join(10)
+        assert code == 0 and "is a fork of it" in out and "expected a new Engine" in out, (code, out)
+        assert engine.infer(crops[:1])["logits"].shape[0] == 1  # the parent's engine is unaffected
+
+
+def test_a_call_larger_than_max_queue_works_with_batching_as_without(small_onnx, crops):
+    """max_queue bounds what waits, not what a call may ask: with batching on, a call of more images than
+    max_queue runs in max_queue-sized turns and equals the plain Engine's answer (before: InputError with
+    batching, an answer without)."""
+    big = np.concatenate([crops, crops[:3]])  # 9 images, max_queue 4
+    with vitrt.Engine(small_onnx, providers=["CPUExecutionProvider"]) as plain:
+        want = plain.infer(big)
+    with vitrt.Engine(small_onnx, providers=["CPUExecutionProvider"], batching=True, max_queue=4) as engine:
+        got = engine.infer(big, timeout_ms=30000)
+        emb = asyncio.run(engine.aembed(list(big), timeout_ms=30000))
+    for name in ("logits", "embedding"):
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-4 * np.abs(want[name]).max())
+    np.testing.assert_allclose(emb, want["embedding"], rtol=0, atol=1e-4 * np.abs(want["embedding"]).max())
+
+
 # --- Engine(batching=True) and the asyncio API on the small ViT -------------------------------------------------
 
 
@@ -199,8 +385,9 @@ def test_engine_batching_gives_each_thread_its_own_results(small_onnx, photos, c
 @pytest.mark.parametrize("batching", [True, False])
 def test_the_asyncio_api_never_blocks_the_event_loop(small_onnx, photos, crops, batching):
     """apredict/aembed/ainfer answer as the sync calls do, and while they run the event loop keeps
-    ticking (a 10 ms heartbeat never stalls for a whole inference); a cancelled apredict leaves the
-    queue (with batching)."""
+    ticking: a 10 ms heartbeat stalls for less than half of what the same work stalls it when done
+    in the loop (measured here as the control, so the bound can fail: 24 photos, decode and inference,
+    several hundred ms against the heartbeat's few ms)."""
     with vitrt.Engine(small_onnx, providers=["CPUExecutionProvider"], batching=batching) as engine:
         want = engine.predict(photos[0], topk=3)
         want_emb = engine.embed(photos[:3])
@@ -214,25 +401,35 @@ def test_the_asyncio_api_never_blocks_the_event_loop(small_onnx, photos, crops, 
                 gaps.append(now - last)
                 last = now
 
-        async def main():
+        many_photos = list(photos[:6]) * 4
+
+        async def main(blocking: bool):
             stop = asyncio.Event()
             beat = asyncio.create_task(heartbeat(stop))
+            await asyncio.sleep(0.05)  # the heartbeat is ticking
+            if blocking:  # the control: the same work in the loop's own thread
+                engine.embed(many_photos)
+                await asyncio.sleep(0.05)
+                stop.set()
+                await beat
+                return None
             top = await engine.apredict(photos[0], topk=3)
             emb = await engine.aembed(photos[:3])
             raw = await engine.ainfer(crops[:2])
             many = await asyncio.gather(*(engine.apredict(p, topk=1) for p in photos[:6]))
+            await engine.aembed(many_photos)
             stop.set()
             await beat
             return top, emb, raw, many
 
-        top, emb, raw, many = asyncio.run(main())
+        asyncio.run(main(blocking=True))
+        stalled, gaps[:] = max(gaps), []
+        top, emb, raw, many = asyncio.run(main(blocking=False))
         assert [p.index for p in top] == [p.index for p in want]
         np.testing.assert_allclose(emb, want_emb, rtol=0, atol=1e-4 * np.abs(want_emb).max())
         assert raw["logits"].shape == (2, 1000) and len(many) == 6
-        single = time.perf_counter()
-        engine.infer(crops[:1])
-        one_inference = time.perf_counter() - single
-        assert max(gaps) < max(0.5, 0.6 * one_inference) + 0.05, (max(gaps), one_inference)
+        assert stalled > 0.2, stalled  # the control did stall the loop: the bound below means something
+        assert max(gaps) < 0.5 * stalled, (max(gaps), stalled)
 
 
 def test_a_cancelled_apredict_leaves_the_queue(small_onnx, photos):

@@ -318,3 +318,36 @@ def test_timms_other_384_vits_build_and_match_timm(name, tmp_path, photos):
             assert cosine(got["embedding"][0], want[0].numpy()) >= 0.99999
     if name.startswith("deit"):
         assert tuple(meta.data_config["mean"]) == (0.485, 0.456, 0.406)
+
+
+@pytest.mark.parametrize("proc", [
+    {"size": 384},  # ViTFeatureExtractor's legacy form (google/vit-* folders)
+    {"size": [384, 384]},
+    {"size": {"height": 384, "width": 384}},
+    {"size": 438, "do_center_crop": True, "crop_size": 384},  # legacy ints with a crop
+    {"size": {"shortest_edge": 438}, "do_center_crop": True, "crop_size": {"height": 384, "width": 384}},
+])
+def test_every_processor_size_form_transformers_reads_gives_its_pixels(tmp_path, photos, proc):
+    """Each form of ``size`` / ``crop_size`` transformers' ViT processor accepts becomes the data config whose
+    crops equal the processor's own resized (and cropped) image, pixel for pixel."""
+    from PIL import Image
+    from transformers import ViTImageProcessorPil
+
+    from export.checkpoints import hf_data_config
+
+    cfg = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "resample": 2, **proc}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    hf = ViTImageProcessorPil.from_pretrained(tmp_path)
+    data = hf_data_config(cfg)
+    for photo in photos[:3]:
+        want = hf(Image.open(photo).convert("RGB"), do_rescale=False, do_normalize=False,
+                  return_tensors="np")["pixel_values"][0].transpose(1, 2, 0).round().astype(np.uint8)
+        assert want.shape == (384, 384, 3)
+        assert np.array_equal(vitrt.preprocess(photo, data), want), (proc, photo.name)
+
+
+def test_a_processor_size_of_another_form_is_refused():
+    from export.checkpoints import hf_data_config
+
+    with pytest.raises(BuildError, match="size '384'; expected an int, \\[height, width\\]"):
+        hf_data_config({"size": "384"})

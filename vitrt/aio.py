@@ -41,17 +41,27 @@ class AsyncEngine:
         return self._finish_embed(out, single)
 
     async def _arun(self, images: Any, timeout_ms: float | None) -> tuple[dict[str, np.ndarray], bool]:
-        from .engine import _is_single
+        from .preprocess import is_single
 
         loop = asyncio.get_running_loop()
-        single = _is_single(images)
+        single = is_single(images)
         if self._batcher is None:
             self._no_timeout(timeout_ms)
             return await loop.run_in_executor(None, lambda: self.infer(self._batch(images))), single
-        batch = await loop.run_in_executor(None, self._batch, images)  # decode off the event loop
+        # decode off the event loop, and checked as infer() checks (an NCHW artifact gets its crops normalized)
+        batch = await loop.run_in_executor(None, lambda: self._check_batch(self._batch(images)))
         return await self._await_batch(batch, timeout_ms), single
 
     async def _await_batch(self, batch: np.ndarray, timeout_ms: float | None) -> dict[str, np.ndarray]:
+        """A call larger than the queue runs as max_queue-sized calls in turn, as Engine.infer does
+        (vitrt.batcher.chunks); timeout_ms bounds the wait before the first starts."""
+        from .batcher import chunks
+
+        outs = [await self._await_one(part, timeout_ms if i == 0 else None)
+                for i, part in enumerate(chunks(batch, self._batcher.max_queue))]
+        return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    async def _await_one(self, batch: np.ndarray, timeout_ms: float | None) -> dict[str, np.ndarray]:
         future = self._batcher.submit(batch, timeout_ms)
         waiting = asyncio.wrap_future(future)  # cancelling it cancels the request if it has not started
         if timeout_ms is None:

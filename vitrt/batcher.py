@@ -11,6 +11,12 @@ arrival order). Each caller gets exactly its own rows, in its order. The queue h
 waited ``timeout_ms`` without starting raises it too. A request cancelled before it starts (its future's
 ``cancel()``, or a cancelled ``await``) leaves the queue. ``close()`` refuses new requests and drains the
 accepted ones. Decoding and preprocessing happen before ``submit`` (in the callers' threads), never here.
+A request whose rows cannot join a batch (another shape, or dtype than the Engine's input) is refused at
+``submit``; nothing raised in the feeding thread stops it. The feeding thread holds the Batcher, not the
+Engine (its run_batch is a weak method): an Engine dropped without ``close()`` is collected and its batcher
+closed, as ``concurrent.futures`` does for an executor. A forked child's batchers refuse requests with a
+clear error: the thread (and a GPU context) do not survive ``fork``, and a lock the thread held would
+stay held.
 
 Why not an existing one (read before writing this): Ray Serve's ``@serve.batch`` needs Ray and an asyncio
 caller, and waits ``batch_wait_timeout_s`` for a batch to fill even when idle; the registry's small
@@ -21,8 +27,10 @@ as often as coroutines. This is one lock, one condition and one thread, with the
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
@@ -39,16 +47,21 @@ MAX_QUEUE_BATCHES = 4  # max_queue defaults to this many full batches
 
 
 class _Request:
-    __slots__ = ("batch", "future", "t0", "deadline")
+    __slots__ = ("batch", "future", "t0", "deadline", "on_start")
 
     def __init__(self, batch: np.ndarray, timeout_ms: float | None):
         self.batch, self.future, self.t0 = batch, Future(), time.monotonic()
         self.deadline = self.t0 + timeout_ms / 1000 if timeout_ms is not None else None
+        self.on_start: Callable[[], None] | None = None  # a split call's first part: the call has started
 
 
 class Batcher:
     def __init__(self, run_batch: Callable[[np.ndarray], dict], max_batch: int, max_delay_ms: float = MAX_DELAY_MS,
-                 max_queue: int | None = None, name: str = "vitrt-batcher"):
+                 max_queue: int | None = None, name: str = "vitrt-batcher",
+                 item: tuple[tuple[int, ...], np.dtype] | None = None):
+        """``item``: the (shape, dtype) of one row every request must have (the Engine passes its input's),
+        so that a request that could not join a batch fails alone at :meth:`submit`; without it the first
+        request's row shape is the one (rows of two dtypes concatenate; of two shapes they cannot)."""
         for key, v, low in (("max_batch", max_batch, 1), ("max_delay_ms", max_delay_ms, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
                 raise InputError(f"{key}={v!r}; expected a number >= {low}")
@@ -56,6 +69,9 @@ class Batcher:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < max_batch:
             raise InputError(f"max_queue={max_queue!r}; expected an integer >= max_batch ({max_batch})")
         self.run_batch, self.max_batch, self.max_queue = run_batch, int(max_batch), int(max_queue)
+        self.item = (tuple(item[0]), np.dtype(item[1])) if item is not None else None
+        self._forked_from: int | None = None  # the parent's pid, in a forked child
+        _LIVE.add(self)
         self.max_delay = float(max_delay_ms) / 1000
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued = 0  # images waiting
@@ -70,17 +86,30 @@ class Batcher:
     def submit(self, batch: np.ndarray, timeout_ms: float | None = None) -> Future:
         """Queue ``batch`` (one request: [n, ...], n >= 1); its future resolves to the outputs of its rows.
         Larger than ``max_batch``: split into requests that run in order; the future joins them."""
+        if self._forked_from is not None:
+            raise BackendError(f"this batcher was made in process {self._forked_from} and this process (pid "
+                               f"{os.getpid()}) is a fork of it: its feeding thread did not come with the fork (nor a "
+                               "GPU context would); expected a new Engine(..., batching=True) made in this process")
         if not isinstance(batch, np.ndarray) or batch.ndim < 1 or len(batch) == 0:
             raise InputError(f"batch is {type(batch).__name__} {getattr(batch, 'shape', '')}; expected an array of "
                              "one or more images")
         if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
                                        or timeout_ms <= 0):
             raise InputError(f"timeout_ms={timeout_ms!r}; expected a positive number of milliseconds or None")
+        if self.item is None:
+            self.item = (tuple(batch.shape[1:]), None)
+        shape, dtype = self.item
+        if tuple(batch.shape[1:]) != shape or (dtype is not None and batch.dtype != dtype):
+            raise InputError(f"batch of {batch.dtype} rows of shape {tuple(batch.shape[1:])}; expected "
+                             f"{dtype or 'any'} rows of shape {shape} (every request batched together must have "
+                             "the same row shape and dtype)")
         n = len(batch)
         if n > self.max_queue:
             raise InputError(f"a call of {n} images is larger than max_queue={self.max_queue}; expected at most "
                              "max_queue images per call (or a larger max_queue)")
-        parts = [_Request(batch[i:i + self.max_batch], timeout_ms) for i in range(0, n, self.max_batch)]
+        # timeout_ms bounds the wait before the call starts: its first part's; the later parts of a started
+        # call run in their turn
+        parts = [_Request(batch[i:i + self.max_batch], timeout_ms if i == 0 else None) for i in range(0, n, self.max_batch)]
         with self._cv:
             if self._closed:
                 raise BackendError("this batcher is closed; expected an open Engine (create a new one)")
@@ -92,7 +121,7 @@ class Batcher:
             self._cv.notify()
         for part in parts:  # a request cancelled while queued leaves the queue at once
             part.future.add_done_callback(lambda f, r=part: self._forget(r) if f.cancelled() else None)
-        return parts[0].future if len(parts) == 1 else _joined([p.future for p in parts])
+        return parts[0].future if len(parts) == 1 else _joined(parts)
 
     def _forget(self, request: _Request) -> None:
         with self._cv:
@@ -146,6 +175,8 @@ class Batcher:
             if r.future.set_running_or_notify_cancel():  # False: cancelled while queued
                 taken.append(r)
                 size += len(r.batch)
+                if r.on_start is not None:
+                    r.on_start()
         return taken
 
     def _expire(self, now: float) -> None:
@@ -170,9 +201,13 @@ class Batcher:
             if not taken:
                 continue
             self._ran_at = time.monotonic()
-            batch = taken[0].batch if len(taken) == 1 else np.concatenate([r.batch for r in taken])
-            try:
+            try:  # nothing raised here stops this thread: the batch's requests learn why, the next batch runs
+                batch = taken[0].batch if len(taken) == 1 else np.concatenate([r.batch for r in taken])
                 out = self.run_batch(batch)
+                if not isinstance(out, dict) or any(len(v) != len(batch) for v in out.values()):
+                    raise BackendError(f"the backend returned {type(out).__name__} with "
+                                       f"{ {k: len(v) for k, v in out.items()} if isinstance(out, dict) else '?'} rows; "
+                                       f"expected a dict of outputs with {len(batch)} rows each")
             except BaseException as exc:  # the backend failed: every request of this batch learns why
                 for r in taken:
                     r.future.set_exception(exc)
@@ -186,6 +221,52 @@ class Batcher:
                 stop = start + len(r.batch)
                 r.future.set_result({k: v[start:stop] for k, v in out.items()})
                 start = stop
+
+
+#: Every Batcher alive in this process, for the fork handler.
+_LIVE: "weakref.WeakSet[Batcher]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: each batcher refuses requests (submit says why) and gets a fresh lock, since the
+    parent's feeding thread, which may have held it at the fork, does not exist here."""
+    for b in list(_LIVE):
+        b._forked_from = b._forked_from or os.getppid()
+        b._cv = threading.Condition()
+        b._queue.clear()
+        b._queued = 0
+        b._closed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def weak_method(method: Callable[[np.ndarray], dict]) -> Callable[[np.ndarray], dict]:
+    """A run_batch that calls ``method`` without keeping its object alive (the Engine's ``_run``)."""
+    ref = weakref.WeakMethod(method)
+
+    def run(batch: np.ndarray) -> dict:
+        bound = ref()
+        if bound is None:
+            raise BackendError("the Engine behind this batcher was garbage-collected; expected an open Engine")
+        return bound(batch)
+
+    return run
+
+
+def chunks(batch: np.ndarray, size: int) -> list[np.ndarray]:
+    """``batch`` in pieces of at most ``size`` rows (one piece when it fits)."""
+    return [batch[i:i + size] for i in range(0, len(batch), size)] or [batch]
+
+
+def run(batcher: "Batcher", batch: np.ndarray, timeout_ms: float | None = None) -> dict:
+    """``batch``'s outputs through ``batcher``, as a call without batching would give them: a call larger
+    than max_queue runs as max_queue-sized calls in turn (the queue's bound holds, the call still works);
+    ``timeout_ms`` bounds the wait before the first starts, as for any call."""
+    outs = [wait(batcher.submit(part, timeout_ms if i == 0 else None), timeout_ms if i == 0 else None)
+            for i, part in enumerate(chunks(batch, batcher.max_queue))]
+    return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def wait(future: Future, timeout_ms: float | None = None) -> dict:
@@ -202,34 +283,59 @@ def wait(future: Future, timeout_ms: float | None = None) -> dict:
         return future.result()
 
 
-def _joined(futures: list[Future]) -> Future:
-    """One future for the parts of a split request: their outputs concatenated in order, or the first
-    error. Cancelling it cancels the parts that have not started."""
+def _joined(parts: list[_Request]) -> Future:
+    """One future for the parts of a split request: RUNNING once its first part starts (so that a
+    timeout no longer cancels it), then their outputs concatenated in order, or the first error, which
+    cancels the parts that have not started. Cancelling it cancels the parts that have not started."""
+    futures = [p.future for p in parts]
     joined: Future = Future()
-    left = [len(futures)]
     lock = threading.Lock()
+    state = {"started": False}
 
-    def done(_):
+    def start() -> bool:  # under the lock; False: the joined future was cancelled first
+        if not state["started"]:
+            state["started"] = joined.set_running_or_notify_cancel()
+            if not state["started"]:
+                return False
+        return True
+
+    def on_start() -> None:
         with lock:
-            left[0] -= 1
-            if left[0] or joined.done():
+            start()
+
+    def done(f: Future) -> None:
+        with lock:
+            if joined.done():
                 return
-        try:
-            parts = [f.result() for f in futures]
-            result, error = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, None
-        except BaseException as exc:  # an error, or a part cancelled
-            result, error = None, exc
-        if joined.set_running_or_notify_cancel():
+            error = None
+            if f.cancelled():
+                from concurrent.futures import CancelledError
+
+                error = CancelledError()
+            elif f.exception() is not None:
+                error = f.exception()
+            if error is None and not all(x.done() for x in futures):
+                return
+            if not start():
+                return
             if error is None:
+                try:
+                    result = {k: np.concatenate([x.result()[k] for x in futures]) for k in futures[0].result()}
+                except BaseException as exc:
+                    result, error = None, exc
+            if error is None:  # set under the lock: one done() of the parts settles it
                 joined.set_result(result)
-            else:
-                joined.set_exception(error)
+                return
+            joined.set_exception(error)
+        for x in futures:  # outside the lock: a cancelled part's callbacks run here (done() takes the lock)
+            x.cancel()
 
     def cancelled(f: Future) -> None:
         if f.cancelled():
             for part in futures:
                 part.cancel()
 
+    parts[0].on_start = on_start
     joined.add_done_callback(cancelled)
     for f in futures:
         f.add_done_callback(done)

@@ -14,23 +14,14 @@ from .aio import AsyncEngine
 from .artifacts import sidecar_path
 from .errors import ArtifactError, InputError
 from .metadata import Metadata
-from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, check_max_pixels, normalize_nchw, resize_center_crop, to_pil
+from .preprocess import (DEFAULT_MAX_PIXELS, ImageLike, check_max_pixels, is_single, normalize_nchw, resize_center_crop,
+                         to_pil)
 
 
 class Prediction(NamedTuple):
     index: int
     label: str
     prob: float
-
-
-def _is_single(images: Any) -> bool:
-    """One image: a path, bytes, a PIL image, an HxWx3 array (anything :func:`to_pil` takes). Many: a
-    list, a tuple, an NxHxWx3 array, or any other iterable such as a generator."""
-    if isinstance(images, np.ndarray):
-        return images.ndim != 4
-    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, dict)) or hasattr(images, "getpixel"):
-        return True
-    return not hasattr(images, "__iter__")
 
 
 class Engine(AsyncEngine):
@@ -152,15 +143,21 @@ class Engine(AsyncEngine):
             if given:
                 raise InputError(f"{', '.join(given)} apply with batching=True; expected batching=True or none of them")
             return
-        from .batcher import MAX_DELAY_MS, Batcher
+        import weakref
+
+        from .batcher import MAX_DELAY_MS, Batcher, weak_method
 
         limit = self.metadata.max_batch
         if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer))
                                       or not 1 <= max_batch <= limit):
             raise InputError(f"max_batch={max_batch!r}; expected an integer from 1 to the artifact's max batch {limit}")
-        self._batcher = Batcher(self._run, int(max_batch or limit),
+        # the feeding thread holds the batcher, the batcher only a weak method of this Engine: one dropped
+        # without close() is collected, and its finalizer closes the batcher (the thread then ends)
+        self._batcher = Batcher(weak_method(self._run), int(max_batch or limit),
                                 MAX_DELAY_MS if max_delay_ms is None else max_delay_ms, max_queue,
-                                name=f"vitrt-batcher-{self.path.name}")
+                                name=f"vitrt-batcher-{self.path.name}",
+                                item=(self.metadata.item_shape, np.dtype(self.metadata.input_dtype)))
+        self._close_batcher = weakref.finalize(self, self._batcher.close)
 
     def _onnx_backend(self, backend: str | None, providers, device: int | None) -> str:
         """The runtime for this .onnx: ``backend`` as given, ONNX Runtime for ``providers`` or a GPU, else
@@ -186,7 +183,7 @@ class Engine(AsyncEngine):
     def close(self) -> None:
         """Drain the batcher's accepted requests (with batching), then free the backend."""
         if self._batcher is not None:
-            self._batcher.close()
+            self._close_batcher()  # the finalizer: runs batcher.close once, now or at collection
         if self.backend is not None:
             self.backend.close()
 
@@ -219,7 +216,7 @@ class Engine(AsyncEngine):
         return resize_center_crop(to_pil(image, self.max_pixels), self.metadata.data_config, self.max_pixels)
 
     def _batch(self, images: Any) -> np.ndarray:
-        items = [images] if _is_single(images) else list(images)
+        items = [images] if is_single(images) else list(images)
         if not items:
             raise InputError("got an empty list of images; expected at least one image")
         return np.stack([self.preprocess(im) for im in items])
@@ -252,9 +249,9 @@ class Engine(AsyncEngine):
         if self._batcher is None:
             self._no_timeout(timeout_ms)
             return self._run(batch)
-        from .batcher import wait
+        from .batcher import run
 
-        return wait(self._batcher.submit(batch, timeout_ms), timeout_ms)
+        return run(self._batcher, batch, timeout_ms)
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """A checked batch through the backend, split at the artifact's max batch (the batcher's run_batch)."""
@@ -280,13 +277,13 @@ class Engine(AsyncEngine):
 
         One image -> a list of predictions; a list of images -> a list of such lists."""
         self._check_topk(topk)
-        single = _is_single(images)
+        single = is_single(images)
         return self._finish_predict(self.infer(self._batch(images), timeout_ms), single, topk)
 
     def embed(self, images: Any, timeout_ms: float | None = None) -> np.ndarray:
         """float32 embedding: (width,) for one image, (N, width) for a list (timm's pre-logits features;
         width 768 for ViT-B)."""
-        single = _is_single(images)
+        single = is_single(images)
         return self._finish_embed(self.infer(self._batch(images), timeout_ms), single)
 
     def top_k(self, logits: np.ndarray, topk: int = 5) -> list[Prediction]:

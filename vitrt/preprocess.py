@@ -278,6 +278,16 @@ def resize_center_crop(img: Image.Image, data_config: dict = DEFAULT_DATA_CONFIG
     return np.asarray(img.crop(box), dtype=np.uint8)
 
 
+def is_single(images: Any) -> bool:
+    """One image: a path, bytes, a PIL image, an HxWx3 array (anything :func:`to_pil` takes). Many: a
+    list, a tuple, an NxHxWx3 array, or any other iterable such as a generator."""
+    if isinstance(images, np.ndarray):
+        return images.ndim != 4
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, dict)) or hasattr(images, "getpixel"):
+        return True
+    return not hasattr(images, "__iter__")
+
+
 def preprocess(source: ImageLike, data_config: dict = DEFAULT_DATA_CONFIG,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``source`` and return the uint8 [384, 384, 3] crop timm's eval transform makes."""

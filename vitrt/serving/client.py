@@ -106,9 +106,9 @@ class Client:
 
     def infer(self, images: Any) -> dict[str, np.ndarray]:
         """Raw outputs for one image or many (batches larger than the server's max batch are split)."""
-        from ..engine import _is_single
+        from ..preprocess import is_single
 
-        items = [images] if _is_single(images) else list(images)
+        items = [images] if is_single(images) else list(images)
         if not items:
             raise InputError("got an empty list of images; expected at least one image")
         blobs = [encode(im) for im in items]
@@ -132,19 +132,20 @@ class Client:
         return {n: result.as_numpy(n) for n in ("logits", "embedding")}
 
     def predict(self, images: Any, topk: int = 5):
-        from ..engine import _is_single, softmax, top_k
+        from ..engine import softmax, top_k
+        from ..preprocess import is_single
 
         if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= len(self.labels):
             raise InputError(f"topk={topk!r}; expected an integer from 1 to {len(self.labels)}")
-        single = _is_single(images)
+        single = is_single(images)
         probs = softmax(self.infer(images)["logits"])
         results = [top_k(p, int(topk), self.labels) for p in probs]
         return results[0] if single else results
 
     def embed(self, images: Any) -> np.ndarray:
-        from ..engine import _is_single
+        from ..preprocess import is_single
 
-        single = _is_single(images)
+        single = is_single(images)
         emb = self.infer(images)["embedding"].astype(np.float32, copy=False)
         return emb[0] if single else emb
 
