@@ -169,7 +169,12 @@ def _size_dict(value, where: str, key: str) -> dict | None:
     """A processor's ``size`` / ``crop_size`` in every form transformers reads for a ViT
     (``get_size_dict(..., default_to_square=True)``): an int (the legacy ``ViTFeatureExtractor`` configs of
     google/vit-*: both sides), a [height, width] pair, or a dict."""
-    if value is None or isinstance(value, dict):
+    if isinstance(value, dict):
+        if set(value) not in ({"height", "width"}, {"shortest_edge"}):  # e.g. longest_edge caps the long side
+            raise BuildError(f"{where}: {key} {value}; expected {{'height': H, 'width': W}} or {{'shortest_edge': S}} "
+                             "(a longest_edge or other keys resize differently)")
+        return value
+    if value is None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return {"height": value, "width": value}

@@ -351,3 +351,5 @@ def test_a_processor_size_of_another_form_is_refused():
 
     with pytest.raises(BuildError, match="size '384'; expected an int, \\[height, width\\]"):
         hf_data_config({"size": "384"})
+    with pytest.raises(BuildError, match="a longest_edge or other keys resize differently"):  # caps the long side
+        hf_data_config({"size": {"shortest_edge": 384, "longest_edge": 600}})

@@ -55,21 +55,27 @@ class AsyncEngine:
     async def _await_batch(self, batch: np.ndarray, timeout_ms: float | None) -> dict[str, np.ndarray]:
         """A call larger than the queue runs as max_queue-sized calls in turn, as Engine.infer does
         (vitrt.batcher.chunks); timeout_ms bounds the wait before the first starts."""
-        from .batcher import chunks
+        from .batcher import turns
 
-        outs = [await self._await_one(part, timeout_ms if i == 0 else None)
-                for i, part in enumerate(chunks(batch, self._batcher.max_queue))]
+        outs = [await self._await_one(part, timeout_ms if i == 0 else None, block=i > 0)
+                for i, part in enumerate(turns(self._batcher, batch))]
         return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
-    async def _await_one(self, batch: np.ndarray, timeout_ms: float | None) -> dict[str, np.ndarray]:
-        future = self._batcher.submit(batch, timeout_ms)
+    async def _await_one(self, batch: np.ndarray, timeout_ms: float | None, block: bool = False) -> dict[str, np.ndarray]:
+        if block:  # a started call's later turn waits for room, in the pool: never on the event loop
+            future = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._batcher.submit(batch, None, block=True))
+        else:
+            future = self._batcher.submit(batch, timeout_ms)
         waiting = asyncio.wrap_future(future)  # cancelling it cancels the request if it has not started
-        if timeout_ms is None:
-            return await waiting
         try:
+            if timeout_ms is None:
+                return await waiting
             done, _ = await asyncio.wait({waiting}, timeout=timeout_ms / 1000)
         except asyncio.CancelledError:
             waiting.cancel()
+            for part in getattr(future, "parts", ()):  # a started split call: its queued parts leave too
+                part.cancel()
             raise
         if done:
             return waiting.result()

@@ -11,8 +11,9 @@ arrival order). Each caller gets exactly its own rows, in its order. The queue h
 waited ``timeout_ms`` without starting raises it too. A request cancelled before it starts (its future's
 ``cancel()``, or a cancelled ``await``) leaves the queue. ``close()`` refuses new requests and drains the
 accepted ones. Decoding and preprocessing happen before ``submit`` (in the callers' threads), never here.
-A request whose rows cannot join a batch (another shape, or dtype than the Engine's input) is refused at
-``submit``; nothing raised in the feeding thread stops it. The feeding thread holds the Batcher, not the
+With the Engine's input given (``item``), a request of another row shape or dtype is refused at
+``submit``; without it, requests of different row shapes run in separate batches. Nothing raised in the
+feeding thread stops it, and no future's callback runs under its lock. The feeding thread holds the Batcher, not the
 Engine (its run_batch is a weak method): an Engine dropped without ``close()`` is collected and its batcher
 closed, as ``concurrent.futures`` does for an executor. A forked child's batchers refuse requests with a
 clear error: the thread (and a GPU context) do not survive ``fork``, and a lock the thread held would
@@ -83,9 +84,10 @@ class Batcher:
         self._thread.start()
 
     # --- callers -------------------------------------------------------------------------------------
-    def submit(self, batch: np.ndarray, timeout_ms: float | None = None) -> Future:
+    def submit(self, batch: np.ndarray, timeout_ms: float | None = None, block: bool = False) -> Future:
         """Queue ``batch`` (one request: [n, ...], n >= 1); its future resolves to the outputs of its rows.
-        Larger than ``max_batch``: split into requests that run in order; the future joins them."""
+        Larger than ``max_batch``: split into requests that run in order; the future joins them. A full
+        queue raises Overloaded, or with ``block`` waits for room (a started call's later turns: :func:`run`)."""
         if self._forked_from is not None:
             raise BackendError(f"this batcher was made in process {self._forked_from} and this process (pid "
                                f"{os.getpid()}) is a fork of it: its feeding thread did not come with the fork (nor a "
@@ -96,13 +98,9 @@ class Batcher:
         if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
                                        or timeout_ms <= 0):
             raise InputError(f"timeout_ms={timeout_ms!r}; expected a positive number of milliseconds or None")
-        if self.item is None:
-            self.item = (tuple(batch.shape[1:]), None)
-        shape, dtype = self.item
-        if tuple(batch.shape[1:]) != shape or (dtype is not None and batch.dtype != dtype):
+        if self.item is not None and (tuple(batch.shape[1:]), batch.dtype) != self.item:
             raise InputError(f"batch of {batch.dtype} rows of shape {tuple(batch.shape[1:])}; expected "
-                             f"{dtype or 'any'} rows of shape {shape} (every request batched together must have "
-                             "the same row shape and dtype)")
+                             f"{self.item[1]} rows of shape {self.item[0]} (the artifact's input)")
         n = len(batch)
         if n > self.max_queue:
             raise InputError(f"a call of {n} images is larger than max_queue={self.max_queue}; expected at most "
@@ -110,18 +108,24 @@ class Batcher:
         # timeout_ms bounds the wait before the call starts: its first part's; the later parts of a started
         # call run in their turn
         parts = [_Request(batch[i:i + self.max_batch], timeout_ms if i == 0 else None) for i in range(0, n, self.max_batch)]
-        with self._cv:
-            if self._closed:
-                raise BackendError("this batcher is closed; expected an open Engine (create a new one)")
-            if self._queued + n > self.max_queue:
-                raise Overloaded(f"the queue holds {self._queued} of max_queue={self.max_queue} images and this call "
-                                 f"brings {n}; expected fewer concurrent requests, or a larger max_queue")
-            self._queue.extend(parts)
-            self._queued += n
-            self._cv.notify()
+        # all wired before the parts are queued: the thread may take the first one at once
+        future = parts[0].future if len(parts) == 1 else _joined(parts)
         for part in parts:  # a request cancelled while queued leaves the queue at once
             part.future.add_done_callback(lambda f, r=part: self._forget(r) if f.cancelled() else None)
-        return parts[0].future if len(parts) == 1 else _joined(parts)
+        with self._cv:
+            while True:
+                if self._closed:
+                    raise BackendError("this batcher is closed; expected an open Engine (create a new one)")
+                if self._queued + n <= self.max_queue:
+                    break
+                if not block:
+                    raise Overloaded(f"the queue holds {self._queued} of max_queue={self.max_queue} images and this "
+                                     f"call brings {n}; expected fewer concurrent requests, or a larger max_queue")
+                self._cv.wait()
+            self._queue.extend(parts)
+            self._queued += n
+            self._cv.notify_all()
+        return future
 
     def _forget(self, request: _Request) -> None:
         with self._cv:
@@ -130,13 +134,13 @@ class Batcher:
             except ValueError:  # already taken into a batch, or expired
                 return
             self._queued -= len(request.batch)
-            self._cv.notify()
+            self._cv.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new requests, run the accepted ones, stop the feeding thread."""
         with self._cv:
             self._closed = True
-            self._cv.notify()
+            self._cv.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -145,13 +149,14 @@ class Batcher:
         return self._queued
 
     # --- the thread that feeds the backend --------------------------------------------------------------
-    def _take(self) -> list[_Request] | None:
-        """The next batch (under the lock): whole requests in arrival order, at most max_batch images;
-        None when closed and drained."""
+    def _take(self, expired: list) -> list[_Request] | None:
+        """The next batch (under the lock): whole requests in arrival order, at most max_batch images, all
+        of one row shape and dtype; None when closed and drained. Requests past their timeout go to
+        ``expired`` (the caller fails them after releasing the lock: their callbacks take it)."""
         busy_since = getattr(self, "_ran_at", None)
         while True:
             now = time.monotonic()
-            self._expire(now)
+            expired.extend(self._expire(now))
             if self._queue:
                 oldest = self._queue[0].t0
                 # idle (nothing ran since this request came): at once; after a batch: wait for a full
@@ -170,32 +175,59 @@ class Batcher:
             self._cv.wait(wait)
         taken, size = [], 0
         while self._queue and size + len(self._queue[0].batch) <= self.max_batch:
-            r = self._queue.popleft()
-            self._queued -= len(r.batch)
-            if r.future.set_running_or_notify_cancel():  # False: cancelled while queued
-                taken.append(r)
-                size += len(r.batch)
-                if r.on_start is not None:
-                    r.on_start()
+            head = self._queue[0]
+            if taken and (head.batch.shape[1:], head.batch.dtype) != (taken[0].batch.shape[1:], taken[0].batch.dtype):
+                break  # rows that cannot be concatenated with this batch's go in the next one
+            self._queue.popleft()
+            self._queued -= len(head.batch)
+            if not head.future.cancelled() and head.future.set_running_or_notify_cancel():  # False: cancelled
+                taken.append(head)
+                size += len(head.batch)
+                if head.on_start is not None:
+                    head.on_start()
+        if taken:
+            self._cv.notify_all()  # room in the queue for a blocked submit
         return taken
 
-    def _expire(self, now: float) -> None:
-        """Requests that waited past their timeout leave the queue with Overloaded."""
-        keep = collections.deque()
+    def _expire(self, now: float) -> list[tuple[_Request, float]]:
+        """Take out of the queue the requests past their timeout, (request, ms waited) each, marked running
+        so that nothing else takes them; and the cancelled ones. Under the lock: sets no result."""
+        keep, expired = collections.deque(), []
         for r in self._queue:
-            if r.deadline is not None and now >= r.deadline and r.future.set_running_or_notify_cancel():
+            if r.future.cancelled():
                 self._queued -= len(r.batch)
-                r.future.set_exception(Overloaded(
-                    f"the request waited {1000 * (now - r.t0):.0f} ms in the queue without starting (timeout_ms); "
-                    "expected fewer concurrent requests, or a longer timeout_ms"))
+            elif r.deadline is not None and now >= r.deadline:
+                self._queued -= len(r.batch)
+                if r.future.set_running_or_notify_cancel():  # False: cancelled just now
+                    expired.append((r, 1000 * (now - r.t0)))
             else:
                 keep.append(r)
+        if len(keep) != len(self._queue):
+            self._cv.notify_all()
         self._queue = keep
+        return expired
+
+    def _fail_expired(self, expired: list) -> None:
+        for r, waited in expired:
+            r.future.set_exception(Overloaded(
+                f"the request waited {waited:.0f} ms in the queue without starting (timeout_ms); "
+                "expected fewer concurrent requests, or a longer timeout_ms"))
+        expired.clear()
 
     def _loop(self) -> None:
+        expired: list = []
         while True:
-            with self._cv:
-                taken = self._take()
+            try:
+                with self._cv:
+                    taken = self._take(expired)
+            except BaseException as exc:  # never expected; if it happens, fail what waits rather than stop
+                with self._cv:
+                    queued, self._queue, self._queued = list(self._queue), collections.deque(), 0
+                for r in queued:
+                    if not r.future.cancelled() and r.future.set_running_or_notify_cancel():
+                        r.future.set_exception(BackendError(f"the batcher failed to take a batch: {exc!r}"))
+                taken = []
+            self._fail_expired(expired)  # outside the lock: their callbacks (a split call's) take it
             if taken is None:
                 return
             if not taken:
@@ -260,12 +292,18 @@ def chunks(batch: np.ndarray, size: int) -> list[np.ndarray]:
     return [batch[i:i + size] for i in range(0, len(batch), size)] or [batch]
 
 
+def turns(batcher: "Batcher", batch: np.ndarray) -> list[np.ndarray]:
+    """A call as the queue takes it: whole when it fits in max_queue, else in max_batch-sized turns."""
+    return [batch] if len(batch) <= batcher.max_queue else chunks(batch, batcher.max_batch)
+
+
 def run(batcher: "Batcher", batch: np.ndarray, timeout_ms: float | None = None) -> dict:
     """``batch``'s outputs through ``batcher``, as a call without batching would give them: a call larger
-    than max_queue runs as max_queue-sized calls in turn (the queue's bound holds, the call still works);
-    ``timeout_ms`` bounds the wait before the first starts, as for any call."""
-    outs = [wait(batcher.submit(part, timeout_ms if i == 0 else None), timeout_ms if i == 0 else None)
-            for i, part in enumerate(chunks(batch, batcher.max_queue))]
+    than max_queue runs in max_batch-sized turns, each after the one before, the later ones waiting for
+    room in the queue rather than failing (the queue's bound holds, the call still works); ``timeout_ms``
+    bounds the wait before the first starts, as for any call."""
+    outs = [wait(batcher.submit(part, timeout_ms, block=False) if i == 0 else batcher.submit(part, None, block=True),
+                 timeout_ms if i == 0 else None) for i, part in enumerate(turns(batcher, batch))]
     return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
@@ -336,6 +374,7 @@ def _joined(parts: list[_Request]) -> Future:
                 part.cancel()
 
     parts[0].on_start = on_start
+    joined.parts = futures  # type: ignore[attr-defined]  # a started call's caller can cancel the rest
     joined.add_done_callback(cancelled)
     for f in futures:
         f.add_done_callback(done)

@@ -158,6 +158,7 @@ class Engine(AsyncEngine):
                                 name=f"vitrt-batcher-{self.path.name}",
                                 item=(self.metadata.item_shape, np.dtype(self.metadata.input_dtype)))
         self._close_batcher = weakref.finalize(self, self._batcher.close)
+        self._close_batcher.atexit = False  # at exit the daemon thread just stops; no drain to wait for
 
     def _onnx_backend(self, backend: str | None, providers, device: int | None) -> str:
         """The runtime for this .onnx: ``backend`` as given, ONNX Runtime for ``providers`` or a GPU, else
