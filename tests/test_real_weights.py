@@ -95,10 +95,12 @@ def test_a_wheel_with_another_sha256_is_refused(wheel, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_recipes_pass_the_stated_gate_on_real_weights_and_the_old_ones_fail(mapped, tmp_path):
-    """The default int8, fp8 and int8-cpu pass the gate with no override (docs/precision.md: 0.9928,
-    0.9957 and 0.9970 worst photo cosine here), int8-cpu on OpenVINO too (what the fleet serves on a VNNI
-    CPU: 0.9978); made the old ways, they fail it: int8 with FP32 around it and max calibration (the
-    2026-12-01 recipe, 0.988) and int8-cpu from ONNX Runtime's quantizer with int8 attention (0.88)."""
+    """The default int8 and int8-cpu pass the gate with no override (docs/precision.md: 0.9928 and 0.9970
+    worst photo cosine here), int8-cpu on OpenVINO too (what the fleet serves on a VNNI CPU: 0.9978);
+    made the old ways, they fail it: int8 with FP32 around it and max calibration (the 2026-12-01 recipe,
+    0.988) and int8-cpu from ONNX Runtime's quantizer with int8 attention (0.88). fp8 (the int8 recipe in
+    E4M3 with max calibration: 0.9957) is left to `make engine WEIGHTS=dinov2 PRECISION=all`, a minute
+    more than the suite's 15-minute budget allows."""
     import json
 
     from export import gate
@@ -110,9 +112,9 @@ def test_the_recipes_pass_the_stated_gate_on_real_weights_and_the_old_ones_fail(
     from vitrt.verify import load_reference
 
     out = tmp_path / "a"
-    built = build(BuildOptions(weights="dinov2", output_dir=out, name="s", precision="int8,fp8,int8-cpu",
+    built = build(BuildOptions(weights="dinov2", output_dir=out, name="s", precision="int8,int8-cpu",
                                calib_dir="builtin", plan="no"), log=lambda m: None)
-    for precision in ("int8", "fp8", "int8-cpu"):
+    for precision in ("int8", "int8-cpu"):
         report = json.loads(parity_path(built[precision]).read_text())
         assert report["passed"] is True and not report.get("overridden"), (precision, report["thresholds"])
         assert report["thresholds"]["photos.logits.cosine_min"]["limit"] == 0.99
