@@ -28,19 +28,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from .cpu_attention import _index  # (producer of each tensor, its consumers)
+
 #: The migration strength. 0.5 is SmoothQuant's default for most models: it splits the range equally
 #: between activation and weight (docs/precision.md has what 0.5 and others gave on real weights).
 ALPHA = 0.5
 KINDS = ("qkv", "proj", "fc1", "fc2")
-
-
-def _index(graph):
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
-    return producer, consumers
 
 
 def linear_layers(model) -> list[dict]:
