@@ -15,12 +15,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 from .common import REPORTS, find_artifacts, machine_info, markdown_table, percentiles, write_reports
 from .rows import VitrtPeer, full_specs, quick_rows, torch_device
+from .timing import bench_inputs, measure, summarize  # noqa: F401  (measure and summarize: the sweep's too)
 
 #: The quick run (`make bench`) fits 5 minutes on 2 cores with the default artifacts (measured: docs/benchmarks.md,
 #: "`make bench` itself"): three rows interleaved in two rounds of one call per row and point (one warm-up
@@ -34,39 +34,6 @@ QUICK = {"batches": [1, 8], "e2e_batches": [1], "warmup": 1, "later_warmup": 0, 
 #: call and 5 s (at batch 32 a call takes half a minute or more on 2 cores), 16 photos, 1, 8 and 32 callers.
 FULL = {"batches": [1, 2, 4, 8, 16, 32], "e2e_batches": [1, 8], "warmup": 1, "later_warmup": 0, "min_iters": 1,
         "seconds": 5.0, "rounds": 1, "photo_step": 1, "callers": (1, 8, 32)}
-
-def measure(fn: Callable[[], Any], warmup: int, min_iters: int, seconds: float, sync: Callable[[], None] = lambda: None) -> dict:
-    """Call ``fn`` ``warmup`` times, then time calls until both ``min_iters`` and ``seconds`` are reached."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return {"iters": len(times), "seconds": float(sum(times)), **percentiles(times), "times": times}
-
-
-def summarize(m: dict, batch: int) -> dict:
-    """Add throughput (images/s over all timed calls) to a :func:`measure` result."""
-    return {**m, "batch": batch, "img_s": batch * m["iters"] / m["seconds"]}
-
-
-
-def bench_inputs(batches: list[int]) -> dict[int, tuple[np.ndarray, list[bytes]]]:
-    """Per batch size: a uint8 crop batch (model only) and that many JPEGs (end to end), the same every run."""
-    import vitrt
-
-    from .preprocess import make_jpegs
-
-    jpegs = [data for _, data in make_jpegs()]
-    crops = np.stack([vitrt.preprocess(j) for j in jpegs])
-    rng = np.random.default_rng(0)
-    return {b: (crops[rng.integers(0, len(crops), b)], [jpegs[i % len(jpegs)] for i in range(b)]) for b in batches}
-
 
 def _quick(artifacts_dir: Path, cfg: dict, threads: int, skipped: dict, weights, calib_dir, say):
     """The quick rows (:func:`benchmarks.rows.quick_rows`) in one process, timed interleaved round by round,

@@ -108,7 +108,7 @@ def measure_row(job: dict) -> dict:
     (what it compiled for one batch size released before the next)."""
     import resource
 
-    from .bench import bench_inputs, measure, summarize
+    from .timing import bench_inputs, measure, summarize
     from .rows import VitrtPeer, build_row
     from .standing import cosines, embeddings, photo_crops
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def test_import_vitrt_is_light():
     """The runtime must not pull in the build stage (DESIGN.md) nor a backend at import time."""
@@ -108,23 +110,23 @@ def test_the_runtime_core_never_imports_serving_or_jobs():
     assert out[0] == "[]" and out[1] == "vitrt.serving.client vitrt.jobs.local", out
 
 
-def test_no_two_runtime_modules_import_each_other():
-    """Every import between vitrt's modules, at the top or inside a function, points one way: a shared
-    name has one home (vitrt.engine and vitrt.aio once imported each other: AsyncEngine one way,
-    _is_single the other)."""
+@pytest.mark.parametrize("package", ["vitrt", "export", "benchmarks"])
+def test_no_two_modules_import_each_other(package):
+    """Every import between a package's modules, at the top or inside a function, points one way: a
+    shared name has one home (vitrt.engine and vitrt.aio once imported each other, AsyncEngine one way and
+    _is_single the other; benchmarks.bench and benchmarks.sweep, the sweep and the timing)."""
     import ast
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "vitrt"
+    root = Path(__file__).resolve().parents[1] / package
     edges = set()
     for path in root.rglob("*.py"):
         mod = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
-        package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        here = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                target = f"{base}.{node.module}" if node.module else base
-                if target != mod and target != "vitrt":
-                    edges.add((mod, target))
+                base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                targets = [f"{base}.{node.module}"] if node.module else [f"{base}.{a.name}" for a in node.names]
+                edges.update((mod, t) for t in targets if t != mod and t != package)
     both = sorted((a, b) for a, b in edges if (b, a) in edges and a < b)
     assert not both, f"modules that import each other: {both}"
