@@ -76,7 +76,7 @@ class ServeProcess:
         """The server's admin token (vitrt/serving/security.py), for the admin APIs (statistics)."""
         if self.env.get("VITRT_ADMIN_TOKEN"):
             return self.env["VITRT_ADMIN_TOKEN"]
-        return (Path(self.env["XDG_RUNTIME_DIR"]) / "vitrt" / "admin-token").read_text().strip()
+        return (Path(self.env["XDG_RUNTIME_DIR"]) / "vitrt" / f"admin-token-{self.http}").read_text().strip()
 
     @property
     def admin_headers(self) -> dict[str, str]:

@@ -66,11 +66,11 @@ def test_restricted_flags_close_every_admin_group_behind_one_header():
 def test_token_from_the_environment_or_a_new_0600_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
-    a, path = security.server_token()
-    assert path == tmp_path / "run" / "vitrt" / "admin-token" == security.token_file()
+    a, path = security.server_token(8000)
+    assert path == tmp_path / "run" / "vitrt" / "admin-token-8000" == security.token_file(8000)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.read_text().strip() == a and len(a) >= 40
-    b, _ = security.server_token()
+    b, _ = security.server_token(8000)
     assert b != a and path.read_text().strip() == b  # a new one per start
     assert not list(path.parent.glob(".*tmp*"))  # written beside, renamed into place
     assert security.client_token() == b  # the file
@@ -79,7 +79,53 @@ def test_token_from_the_environment_or_a_new_0600_file(tmp_path, monkeypatch):
     assert security.client_token() == "from-a-kubernetes-secret-0123"  # the environment before the file
     assert security.client_token("explicit") == "explicit"  # the argument before both
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert security.token_file() == Path.home() / ".cache" / "vitrt" / "admin-token"
+    assert security.token_file(9000) == Path.home() / ".cache" / "vitrt" / "admin-token-9000"
+
+
+def test_one_token_file_per_server_read_for_loopback_only_and_removed_at_exit(tmp_path, monkeypatch):
+    """Two servers (ports 8000 and 9000) keep their own tokens (before, the second overwrote the first's,
+    which was never printed); a Client finds its server's by port, and only on loopback: this machine's
+    token file is never sent to another host unless passed; each file goes when its server exits, unless
+    a later start replaced it."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    a, pa = security.server_token(8000)
+    b, pb = security.server_token(9000)
+    assert pa != pb and pa.read_text().strip() == a and pb.read_text().strip() == b
+    assert security.client_token(host="127.0.0.1", port=8000) == a
+    assert security.client_token(host="localhost", port=9000) == b and security.client_token(host="::1", port=9000) == b
+    assert security.client_token(host="gateway.example.com", port=8000) is None
+    assert security.client_token(host="10.0.0.7", port=8000) is None
+    assert security.client_token("passed", host="gateway.example.com") == "passed"
+    security.remove_token_file(pa, "not-this-start-token-0123456789")  # replaced by a later start: kept
+    assert pa.is_file()
+    security.remove_token_file(pa, a)
+    assert not pa.exists() and pb.is_file()
+
+
+def test_a_token_folder_others_can_write_is_refused(tmp_path, monkeypatch):
+    """XDG_RUNTIME_DIR=/tmp (the Dockerfile's): a vitrt/ folder another user made, or one others can write,
+    is refused rather than used; the message names its owner and mode, not a token."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    (tmp_path / "vitrt").mkdir(mode=0o777)
+    os.chmod(tmp_path / "vitrt", 0o777)
+    with pytest.raises(BackendError, match="mode 0777; expected a folder owned by this user .* that no one else can write"):
+        security.server_token(8000)
+    assert not list((tmp_path / "vitrt").iterdir())
+    os.chmod(tmp_path / "vitrt", 0o700)
+    real_lstat = os.lstat
+
+    def other_owner(path, *args, **kwargs):  # as if another user had made it (the tests run as one user)
+        st = real_lstat(path, *args, **kwargs)
+        if Path(path) == tmp_path / "vitrt":
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, os.getuid() + 1, st.st_gid,
+                                   st.st_size, st.st_atime, st.st_mtime, st.st_ctime))
+        return st
+
+    monkeypatch.setattr(security.os, "lstat", other_owner)
+    with pytest.raises(BackendError, match=f"owned by uid {os.getuid() + 1}"):
+        security.server_token(8000)
 
 
 @pytest.mark.parametrize("bad", ["short", "has space in it 0123456789", "comma,breaks:the=flag-0123456789"])

@@ -240,6 +240,8 @@ def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, pho
     blob = Path(photos[0]).read_bytes()
     srv = ServeProcess(artifact, "--model-name", "m", "--grace", "20", "--queue-delay-us", "2000000",
                        ports=ports, log=tmp_path / "a.log").start()
+    token_file = Path(srv.env["XDG_RUNTIME_DIR"]) / "vitrt" / f"admin-token-{srv.http}"
+    assert token_file.is_file()
     inp = tc.InferInput("image", [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
     body, json_size = tc.InferenceServerClient.generate_request_body([inp])
@@ -276,6 +278,7 @@ def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, pho
         # inferences" count in its log leaves out requests still waiting in the batcher's queue)
         assert all(a[2] > t0 for a in answers)
         assert not srv.ready()
+        assert not token_file.exists(), "the token file outlived its server"
     finally:
         srv.stop()
     srv = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "b.log").start()
@@ -438,7 +441,7 @@ def test_inference_health_metadata_and_metrics_stay_open_and_the_config_shows_no
 def test_the_token_never_appears_in_the_servers_output(server):
     """The token is generated per start into a 0600 file in a 0700 folder, whose path (not the token) is
     printed; Triton's own startup table does not show the restricted-API flags' value either."""
-    token_file = Path(server.env["XDG_RUNTIME_DIR"]) / "vitrt" / "admin-token"
+    token_file = Path(server.env["XDG_RUNTIME_DIR"]) / "vitrt" / f"admin-token-{server.http}"  # its own, by port
     assert (token_file.stat().st_mode & 0o777, token_file.parent.stat().st_mode & 0o777) == (0o600, 0o700)
     log = server.log()
     assert len(server.token) >= 40 and server.token not in log

@@ -94,10 +94,12 @@ class Client:
         """Triton's statistics for this model (an admin API: sends the admin token)."""
         from .security import ADMIN_HEADER, client_token
 
-        token = client_token(self._admin_token)
+        host, _, port = self.url.rpartition(":") if ":" in self.url else (self.url, "", "80")
+        token = client_token(self._admin_token, host or self.url, int(port) if port.isdigit() else 80)
         if token is None:
             raise BackendError("statistics are an admin API of vitrt serve and no admin token was found; expected "
-                               "admin_token=..., $VITRT_ADMIN_TOKEN, or the file vitrt serve named at start")
+                               "admin_token=..., $VITRT_ADMIN_TOKEN, or the file vitrt serve named at start (read for a "
+                               "server on loopback only)")
         try:
             return self.client.get_inference_statistics(self.model, headers={ADMIN_HEADER: token})
         except Exception as exc:

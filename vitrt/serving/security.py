@@ -8,7 +8,9 @@ and the Triton releases known to be exploitable from the network (docs/serving.m
   are the target of CVE-2025-23320 -> 23319 -> 23334 (register the segment, then read and write it
   through inference): the restriction is what closes it on every Triton release.
 - **The token**: ``$VITRT_ADMIN_TOKEN`` (a deployment passes it from a Secret), else a random one per
-  start, written with mode 0600 to :func:`token_file`. It is never printed or logged; Triton takes it on
+  start, written with mode 0600 to :func:`token_file`, one file per server (its HTTP port), in a folder
+  this user owns and no one else can write, removed when the server exits. A Client reads that file
+  only for a server on loopback. It is never printed or logged; Triton takes it on
   its command line, so local users see it in the process list (run the server in a container).
 - **Known-vulnerable Triton**: :data:`FIXES` lists, per NVIDIA's security bulletins, the releases that
   fixed a network-reachable CVE; a Triton older than the newest of them is refused on any address but
@@ -98,11 +100,30 @@ def check_exposure(host: str, version: str | None, ngc: str | None, allow_vulner
         "(--host 127.0.0.1); or --allow-vulnerable-triton if a gateway stands in front (docs/serving.md, \"Security\")")
 
 
-def token_file() -> Path:
-    """Where a generated token is written: ``$XDG_RUNTIME_DIR/vitrt/admin-token``, else ``~/.cache/vitrt/admin-token``."""
+def token_file(port: int = 8000) -> Path:
+    """Where the generated token of the server on HTTP ``port`` is written: ``$XDG_RUNTIME_DIR/vitrt/``,
+    else ``~/.cache/vitrt/``, ``admin-token-PORT`` (one file per server: a second one does not overwrite
+    the first's)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = Path(runtime) if runtime else Path.home() / ".cache"
-    return base / "vitrt" / "admin-token"
+    return base / "vitrt" / f"admin-token-{int(port)}"
+
+
+def _private_dir(folder: Path) -> Path:
+    """``folder``, created 0700 where absent; refused (BackendError) where another user owns it or others
+    can write it (``XDG_RUNTIME_DIR=/tmp``: anyone could have made ``/tmp/vitrt`` first)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(folder)
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise BackendError(f"{folder} is not a folder (a link or a file); expected a folder of this user's for the "
+                           "admin token")
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise BackendError(f"{folder} is owned by uid {st.st_uid} with mode {stat_mod.S_IMODE(st.st_mode):04o}; expected "
+                           f"a folder owned by this user (uid {os.getuid()}) that no one else can write, for the admin "
+                           "token: remove it, or set XDG_RUNTIME_DIR to a private folder")
+    return folder
 
 
 def check_token(token: str, where: str) -> str:
@@ -113,15 +134,15 @@ def check_token(token: str, where: str) -> str:
     return token
 
 
-def server_token() -> tuple[str, Path | None]:
+def server_token(port: int = 8000) -> tuple[str, Path | None]:
     """(token, file): ``$VITRT_ADMIN_TOKEN`` (file None), else a new random token written to
-    :func:`token_file` with mode 0600 (created that way, then renamed into place)."""
+    :func:`token_file` (``port``'s) with mode 0600 (created that way, then renamed into place)."""
     named = os.environ.get(TOKEN_ENV)
     if named:
         return check_token(named, f"${TOKEN_ENV}"), None
     token = secrets.token_urlsafe(32)
-    path = token_file()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = token_file(port)
+    _private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -133,15 +154,39 @@ def server_token() -> tuple[str, Path | None]:
     return token, path
 
 
-def client_token(explicit: str | None = None) -> str | None:
-    """The token a client sends: the argument, else ``$VITRT_ADMIN_TOKEN``, else :func:`token_file`'s
-    content where this user can read it; None when there is none."""
+def remove_token_file(path: Path | None, token: str) -> None:
+    """At the server's exit: its token file goes, unless another start has replaced what it holds."""
+    if path is None:
+        return
+    try:
+        if path.read_text().strip() == token:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_token(explicit: str | None = None, host: str = "localhost", port: int = 8000) -> str | None:
+    """The token a client sends: the argument, else ``$VITRT_ADMIN_TOKEN``, else, for a server on loopback
+    only, the file :func:`token_file` names for its port, where this user can read it; None when there is
+    none. A server elsewhere never gets this machine's token file unless it is passed."""
     if explicit:
         return explicit
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
+    if not is_loopback(host):
+        return None
     try:
-        return token_file().read_text().strip() or None
+        return token_file(port).read_text().strip() or None
     except OSError:
         return None
 

@@ -123,7 +123,7 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
           log=print, **config) -> int:
     """Serve ``artifact`` until SIGTERM/SIGINT; returns tritonserver's exit status."""
     from .repository import write_repository
-    from .security import check_exposure, server_token
+    from .security import check_exposure, remove_token_file, server_token
     from .triton_home import identify, locate
 
     triton = locate(triton_home)
@@ -134,7 +134,10 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
     warning = check_exposure(host, triton.version, triton.ngc, allow_vulnerable_triton)  # before binding
     if warning:
         log(f"vitrt serve: {warning}")
-    token, token_path = server_token()
+    token, token_path = server_token(http_port)
+    import atexit
+
+    atexit.register(remove_token_file, token_path, token)  # also when a step below fails before Triton starts
     log("vitrt serve: admin APIs (shared memory, repository, statistics, trace, logging) need the header "
         "vitrt-admin-key: the token " + (f"in {token_path} (mode 0600)" if token_path else "from $VITRT_ADMIN_TOKEN"))
     remove_stale_shm()
@@ -181,6 +184,8 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
                     proc.kill()
             for s, h in old.items():
                 signal.signal(s, h)
+            if proc.poll() is not None:
+                remove_token_file(token_path, token)  # the file outlives no server
             if proc.poll() is not None:  # ours, now that Triton is gone (its stubs go with it)
                 for path in glob.glob(f"/dev/shm/{SHM_PREFIX.format(pid=os.getpid())}*"):
                     try:
