@@ -53,13 +53,13 @@ class AsyncEngine:
         return await self._await_batch(batch, timeout_ms), single
 
     async def _await_batch(self, batch: np.ndarray, timeout_ms: float | None) -> dict[str, np.ndarray]:
-        """A call larger than the queue runs as max_queue-sized calls in turn, as Engine.infer does
-        (vitrt.batcher.chunks); timeout_ms bounds the wait before the first starts."""
-        from .batcher import turns
+        """A call larger than the queue runs in max_batch-sized turns, as Engine.infer does
+        (vitrt.batcher.turns); timeout_ms bounds the wait before the first starts."""
+        from .batcher import join_outputs, turns
 
         outs = [await self._await_one(part, timeout_ms if i == 0 else None, block=i > 0)
                 for i, part in enumerate(turns(self._batcher, batch))]
-        return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        return join_outputs(outs)
 
     async def _await_one(self, batch: np.ndarray, timeout_ms: float | None, block: bool = False) -> dict[str, np.ndarray]:
         if block:  # a started call's later turn waits for room, in the pool: never on the event loop

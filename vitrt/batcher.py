@@ -61,8 +61,8 @@ class Batcher:
                  max_queue: int | None = None, name: str = "vitrt-batcher",
                  item: tuple[tuple[int, ...], np.dtype] | None = None):
         """``item``: the (shape, dtype) of one row every request must have (the Engine passes its input's),
-        so that a request that could not join a batch fails alone at :meth:`submit`; without it the first
-        request's row shape is the one (rows of two dtypes concatenate; of two shapes they cannot)."""
+        so that a request that could not join a batch fails alone at :meth:`submit`; without it, requests
+        of another row shape or dtype than a batch's first run in a batch of their own."""
         for key, v, low in (("max_batch", max_batch, 1), ("max_delay_ms", max_delay_ms, 0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low:
                 raise InputError(f"{key}={v!r}; expected a number >= {low}")
@@ -287,6 +287,11 @@ def weak_method(method: Callable[[np.ndarray], dict]) -> Callable[[np.ndarray], 
     return run
 
 
+def join_outputs(outs: list[dict]) -> dict:
+    """The outputs of a call's parts, in order, as one call's."""
+    return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
 def chunks(batch: np.ndarray, size: int) -> list[np.ndarray]:
     """``batch`` in pieces of at most ``size`` rows (one piece when it fits)."""
     return [batch[i:i + size] for i in range(0, len(batch), size)] or [batch]
@@ -304,7 +309,7 @@ def run(batcher: "Batcher", batch: np.ndarray, timeout_ms: float | None = None) 
     bounds the wait before the first starts, as for any call."""
     outs = [wait(batcher.submit(part, timeout_ms, block=False) if i == 0 else batcher.submit(part, None, block=True),
                  timeout_ms if i == 0 else None) for i, part in enumerate(turns(batcher, batch))]
-    return outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return join_outputs(outs)
 
 
 def wait(future: Future, timeout_ms: float | None = None) -> dict:
@@ -358,7 +363,7 @@ def _joined(parts: list[_Request]) -> Future:
                 return
             if error is None:
                 try:
-                    result = {k: np.concatenate([x.result()[k] for x in futures]) for k in futures[0].result()}
+                    result = join_outputs([x.result() for x in futures])
                 except BaseException as exc:
                     result, error = None, exc
             if error is None:  # set under the lock: one done() of the parts settles it
