@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import platform
 from pathlib import Path
@@ -49,8 +48,8 @@ def build_metadata(model, data_config: dict, provenance: dict, *, model_name: st
         "outputs": outputs,
         "batch": {"min": 1, "max": int(max_batch), "dynamic": True},
         "onnx": {"opset": int(opset), "exporter": f"torch.onnx (dynamo) {torch.__version__}"},
-        "built": {"timm": timm.__version__, "torch": torch.__version__, "python": platform.python_version(),
-                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        # no build time and no path: the same inputs build the same bytes (a plan keeps its "created")
+        "built": {"timm": timm.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
 
 
@@ -114,6 +113,35 @@ class _Limited:
         return data
 
 
+#: Node metadata the dynamo exporter writes that holds the build machine's paths (the Python stack of
+#: each op: ``File "/<clone>/.venv/lib/python3.11/site-packages/timm/...", line N``). Dropped, so that
+#: an artifact names no directory of the machine that built it and two clones build the same bytes.
+#: The module scopes and class names it writes beside it hold no path and are kept.
+PATH_METADATA_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_build_paths(model_proto) -> int:
+    """Remove :data:`PATH_METADATA_KEYS` from every node (subgraphs and functions included); returns
+    how many entries went."""
+    removed = 0
+
+    def graph_nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from graph_nodes(sub)
+
+    nodes = list(graph_nodes(model_proto.graph))
+    for fn in model_proto.functions:
+        nodes.extend(fn.node)
+    for node in nodes:
+        for prop in [p for p in node.metadata_props if p.key in PATH_METADATA_KEYS]:
+            node.metadata_props.remove(prop)
+            removed += 1
+    return removed
+
+
 def set_metadata(model_proto, metadata: dict) -> None:
     import json
 
@@ -167,6 +195,7 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
     except Exception as exc:
         raise BuildError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from None
     proto = program.model_proto
+    strip_build_paths(proto)
     set_metadata(proto, metadata)
     log(f"exported {model_name} to ONNX opset {opset} in {time.perf_counter() - t0:.1f} s "
         f"({len(proto.graph.node)} nodes)")
@@ -195,8 +224,9 @@ def export_onnx(model, out_path: str | os.PathLike, *, model_name: str, provenan
 
 
 #: Bumped when the exported graph changes for the same model and options, so that an artifact of an
-#: older graph is rebuilt: 2 = the uint8 image is cast before the transpose (TensorRT's parser).
-GRAPH_REVISION = 2
+#: older graph is rebuilt: 2 = the uint8 image is cast before the transpose (TensorRT's parser); 3 = no
+#: stack traces (the build machine's paths) in node metadata, no build time in the file.
+GRAPH_REVISION = 3
 
 
 def recipe(meta: dict[str, Any]) -> dict[str, Any]:
