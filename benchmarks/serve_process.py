@@ -46,19 +46,43 @@ def _terminate_with_parent() -> None:  # runs in the child before exec
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _kill_with_parent() -> None:  # unshare waits out a SIGTERM; its SIGKILL takes the server (--kill-child)
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+#: ``vitrt serve`` as PID 1 of a new pid namespace, as in a container (util-linux unshare; root, or a
+#: user namespace the kernel allows). ``--kill-child``: the server dies with the unshare process.
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+
+
+def pid_namespace_refused() -> str | None:
+    """Why this machine cannot run a process as PID 1 of a new pid namespace, or None when it can."""
+    try:
+        r = subprocess.run([*PID_NAMESPACE, "sh", "-c", "echo $$"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{PID_NAMESPACE[0]}: {exc}"
+    return None if r.returncode == 0 and r.stdout.strip() == "1" else f"unshare --pid refused: {r.stderr.strip()}"
+
+
 class ServeProcess:
-    """``with ServeProcess(artifact) as srv:`` ... ``srv.url``; extra ``vitrt serve`` flags in ``args``."""
+    """``with ServeProcess(artifact) as srv:`` ... ``srv.url``; extra ``vitrt serve`` flags in ``args``;
+    ``pid_namespace=True``: the server is PID 1 of its own pid namespace (:data:`PID_NAMESPACE`)."""
 
     def __init__(self, artifact: Path, *args: str, ports: list[int] | None = None, log: Path | None = None,
-                 ready_timeout: float = 180.0, env: dict[str, str] | None = None):
+                 ready_timeout: float = 180.0, env: dict[str, str] | None = None, pid_namespace: bool = False):
         python = serve_python()
         if python is None:
             raise RuntimeError("no serving venv: run `make serve-venv` (or set VITRT_SERVE_PYTHON)")
         self.http, self.grpc, self.metrics = ports or free_ports(3)
         self.url = f"127.0.0.1:{self.http}"
         self.log_path = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"vitrt-serve-{self.http}.log"
-        self.cmd = [str(python), "-m", "vitrt", "serve", str(artifact), "--http-port", str(self.http),
-                    "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics), *args]
+        self.cmd = [*(PID_NAMESPACE if pid_namespace else []), str(python), "-m", "vitrt", "serve", str(artifact),
+                    "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
+                    *args]
+        self.pid_namespace = pid_namespace
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
         # the admin token: $VITRT_ADMIN_TOKEN where given, else the file vitrt serve writes into its own
@@ -89,7 +113,8 @@ class ServeProcess:
         # SIGTERM (a drain) when the process that started it dies, even by kill -9: no server outlives its
         # test or benchmark (vitrt serve's own tritonserver child dies with it the same way)
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True, preexec_fn=_terminate_with_parent)
+                                     start_new_session=True,
+                                     preexec_fn=_kill_with_parent if self.pid_namespace else _terminate_with_parent)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,6 +124,18 @@ class ServeProcess:
             time.sleep(0.25)
         self.stop()
         raise RuntimeError(f"vitrt serve not ready after {self.ready_timeout:.0f} s: {self.log()[-3000:]}")
+
+    @property
+    def pid(self) -> int:
+        """The ``vitrt serve`` process's pid here (in a pid namespace: the unshare process's child)."""
+        if not self.pid_namespace:
+            return self.proc.pid
+        deadline = time.monotonic() + 10
+        while not (kids := children(self.proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(kids) != 1:
+            raise RuntimeError(f"unshare {self.proc.pid} has children {kids}; expected the one vitrt serve")
+        return kids[0]
 
     def ready(self) -> bool:
         try:
@@ -118,7 +155,10 @@ class ServeProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            try:  # to vitrt serve itself: unshare returns its exit status
+                os.kill(self.pid if self.pid_namespace else self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, RuntimeError):
+                pass
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:

@@ -205,10 +205,54 @@ def test_the_command_line_carries_the_restrictions_hardening_and_size_limit_wher
     from vitrt.serving.server import command
 
     t = triton_home.Triton(tmp_path, "ngc", "--triton-home")
-    kw = dict(host="127.0.0.1", http_port=1, grpc_port=2, metrics_port=3, grace=5, triton=t, token="x" * 43)
+    kw = dict(host="127.0.0.1", http_port=1, grpc_port=2, metrics_port=3, grace=5, triton=t, token="x" * 43,
+              shm="vitrt1-2-0a0b0c0d_")
     t._help = "  --http-max-input-size <integer>\n"  # a release that has the flag (26.x): what --help would list
     cmd = command(tmp_path / "repo", tmp_path / "backends", **kw)
     assert set(security.HARDENING) <= set(cmd) and set(security.restricted_flags("x" * 43)) <= set(cmd)
     assert f"--http-max-input-size={64 * 2**20}" in cmd
     t._help = ""
     assert not [c for c in command(tmp_path / "repo", tmp_path / "backends", **kw) if "max-input-size" in c]
+
+
+def test_stale_shm_goes_by_its_lock_not_its_pid(tmp_path):
+    """Segments of a start that is gone are removed even where its pid is alive again (PID 1 of a restarted
+    container: here this process's own pid names the dead start); a live start's segments stay."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from vitrt.serving.server import SHM_LOCK, hold_shm_lock, remove_stale_shm
+
+    me = os.getpid()
+    live, fd = hold_shm_lock(str(tmp_path))  # this start: its lock is held
+    assert live.startswith(f"vitrt{me}-") and (tmp_path / f"{live}{SHM_LOCK}").is_file()
+    try:
+        with pytest.raises(OSError):  # held: no other open file description can take it
+            other = os.open(tmp_path / f"{live}{SHM_LOCK}", os.O_RDWR)
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(other)
+        # a start killed with -9 in another process, and one that had this process's pid before it
+        killed = subprocess.run([sys.executable, "-c", "import os, sys; from vitrt.serving.server import "
+                                 f"hold_shm_lock; p, _ = hold_shm_lock({str(tmp_path)!r}); print(p); sys.stdout.flush(); "
+                                 "os.kill(os.getpid(), 9)"], capture_output=True, text=True).stdout.strip()
+        assert killed.startswith("vitrt") and (tmp_path / f"{killed}{SHM_LOCK}").is_file()
+        same_pid = f"vitrt{me}-0badc0de_"
+        dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have it
+        files = {f"{live}seg": True, f"{killed}seg": False, f"{killed}{SHM_LOCK}": False, f"{same_pid}seg": False,
+                 f"{same_pid}{SHM_LOCK}": False, f"vitrt{me}-00000001_seg": True,  # no lock: another start removing it
+                 f"vitrt{me}_seg": False,  # a pid-only name under this pid: not made by this process
+                 "vitrt1_seg": True,  # pid-only, pid 1 alive and not this process: may be a live older server
+                 f"vitrt{dead}_seg": False,  # pid-only, its process gone
+                 "other_seg": True, "vitrtx_seg": True}
+        for name in files:
+            (tmp_path / name).touch()
+        removed = {os.path.basename(p) for p in remove_stale_shm(str(tmp_path))}
+        kept = {p.name for p in tmp_path.iterdir()}
+        assert removed == {n for n, keep in files.items() if not keep}
+        assert kept == {n for n, keep in files.items() if keep} | {f"{live}{SHM_LOCK}"}
+    finally:
+        os.close(fd)
+    assert {os.path.basename(p) for p in remove_stale_shm(str(tmp_path))} == {f"{live}seg", f"{live}{SHM_LOCK}"}

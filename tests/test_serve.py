@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 import vitrt
-from benchmarks.serve_process import ServeProcess, children, free_ports, serve_python
+from benchmarks.serve_process import ServeProcess, children, free_ports, pid_namespace_refused, serve_python
 
 if serve_python() is None:  # raises when make test's VITRT_SERVE_PYTHON names nothing
     pytest.skip("no serving venv (`make test` builds .venv-serve)", allow_module_level=True)
@@ -281,12 +281,18 @@ def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, pho
         assert not token_file.exists(), "the token file outlived its server"
     finally:
         srv.stop()
-    srv = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "b.log").start()
+    # kill -9, then a start under the same pid: vitrt serve is PID 1 of a new pid namespace both times, as
+    # in a container whose memory-backed /dev/shm outlives the killed process (where unshare is refused,
+    # the two starts have different pids and the same-pid case is shown by test_stale_shm_* alone)
+    same_pid = pid_namespace_refused() is None
+    srv = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "b.log",
+                       pid_namespace=same_pid).start()
     try:
-        pid = srv.proc.pid
+        pid = srv.pid
+        inner = 1 if same_pid else pid  # the pid vitrt serve sees and names its segments after
         triton = children(pid)
         assert triton, "vitrt serve runs tritonserver as its child"
-        shm = glob.glob(f"/dev/shm/vitrt{pid}_*")
+        shm = glob.glob(f"/dev/shm/vitrt{inner}[-_]*")
         assert shm, "the Python backend's shared memory is named after the server"
         os.kill(pid, signal.SIGKILL)
         srv.proc.wait(timeout=10)
@@ -295,16 +301,19 @@ def test_sigterm_drains_then_kill9_leaves_nothing_behind(artifact, tmp_path, pho
             time.sleep(0.1)
         assert not any(Path(f"/proc/{t}").exists() and "zombie" not in Path(f"/proc/{t}/status").read_text().lower()
                        for t in triton), "tritonserver outlived vitrt serve"
+        assert all(Path(p).exists() for p in shm), "a kill -9 leaves the segments (nothing could remove them)"
     finally:
         srv.stop()
-    again = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "c.log").start()
+    again = ServeProcess(artifact, "--model-name", "m", ports=ports, log=tmp_path / "c.log",
+                         pid_namespace=same_pid).start()
     try:
         assert not [p for p in shm if Path(p).exists()]  # the dead server's segments are gone
+        assert set(glob.glob(f"/dev/shm/vitrt{inner if same_pid else again.pid}[-_]*")).isdisjoint(shm)  # new names
         with vitrt.Client(again.url, "m") as client:
             assert client.embed(blob).ndim == 1
         time.sleep(0.5)
     finally:
-        assert again.stop() == 0
+        assert again.stop() == 0, again.log()[-3000:]
 
 
 def test_deploy_manifests_match_the_real_server(server):

@@ -15,8 +15,9 @@ What this module owns, because the binary and its Python backend need it (shared
   the release has it, and the refusal to expose a known-vulnerable release (vitrt/serving/security.py);
 - signals: SIGTERM/SIGINT are forwarded, Triton drains in-flight requests for ``grace`` seconds and
   refuses new ones, and the exit status is Triton's; the child dies with us (PR_SET_PDEATHSIG) so a
-  kill -9 leaves no orphan; the Python backend's shared memory is named after our pid, and segments
-  of dead servers are removed at the next start.
+  kill -9 leaves no orphan; the Python backend's shared memory is named after this start (pid and a
+  nonce: :data:`SHM_PREFIX`) and guarded by a lock the server holds; segments whose lock is free are
+  removed at the next start, also when the next start has the same pid (PID 1 in a container).
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ from pathlib import Path
 from ..errors import BackendError
 from .triton_home import HOW, Triton
 
-SHM_PREFIX = "vitrt{pid}_"
-
-
 def check_numpy() -> None:
     import numpy
 
@@ -49,18 +47,85 @@ def check_numpy() -> None:
                            f"environment: {HOW}")
 
 
+#: The Python backend's shared-memory segments are named ``vitrt<pid>-<nonce>_...``: a new nonce at each
+#: start. The pid alone was not enough: in a container ``vitrt serve`` is PID 1 at every start, and a
+#: memory-backed /dev/shm outlives a kill -9 or an OOM kill of the container's process. Beside them the
+#: server holds ``<prefix>lock`` locked (flock) while it lives; a lock that can be taken is a server
+#: that is gone, whatever its pid is now (also across pid namespaces sharing one /dev/shm).
+SHM_PREFIX = "vitrt{pid}-{nonce}_"
+SHM_LOCK = "lock"
+_SHM_NAME = re.compile(r"vitrt(\d+)(-[0-9a-f]+)?_")  # without a nonce: vitrt 0.x's names, pid only
+
+
+def hold_shm_lock(root: str = "/dev/shm") -> tuple[str, int]:
+    """A new segment prefix for this start, and the fd of its lock, locked (released when this process
+    dies, however). The lock file is locked before it gets its name: no other start sees it unlocked."""
+    import fcntl
+
+    prefix = SHM_PREFIX.format(pid=os.getpid(), nonce=os.urandom(4).hex())
+    tmp = os.path.join(root, f".{prefix}{SHM_LOCK}")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BackendError(f"cannot create {tmp} ({exc.strerror}); expected a writable {root} (Triton's Python "
+                           "backend keeps its tensors there)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(tmp, os.path.join(root, prefix + SHM_LOCK))
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return prefix, fd
+
+
+def _lock_is_free(path: str) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_stale_shm(root: str = "/dev/shm") -> list[str]:
-    """Shared-memory segments of vitrt servers whose process is gone (a kill -9)."""
+    """Remove the shared-memory segments of vitrt servers that are gone: those whose lock can be taken
+    (segments first, the lock last), and those with the old pid-only names whose pid is dead or is this
+    process's own (not the process that made them). Segments of live servers stay."""
     removed = []
-    for path in glob.glob(os.path.join(root, "vitrt*_*")):
-        m = re.match(r"vitrt(\d+)_", os.path.basename(path))
-        if m and not _alive(int(m.group(1))):
-            try:
-                os.unlink(path)
-                removed.append(path)
-            except OSError:
-                pass
+    groups: dict[str, list[str]] = {}
+    me = os.getpid()
+    for path in sorted(glob.glob(os.path.join(root, "vitrt*_*"))):
+        m = _SHM_NAME.match(os.path.basename(path))
+        if not m:
+            continue
+        if m.group(2):
+            groups.setdefault(m.group(0), []).append(path)
+        elif int(m.group(1)) == me or not _alive(int(m.group(1))):
+            removed += _unlink([path])
+    for prefix, paths in groups.items():
+        lock = os.path.join(root, prefix + SHM_LOCK)
+        if lock in paths and _lock_is_free(lock):  # no lock file: being removed by another start; left alone
+            removed += _unlink([p for p in paths if p != lock] + [lock])
     return removed
+
+
+def _unlink(paths: list[str]) -> list[str]:
+    done = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            done.append(path)
+        except OSError:
+            pass
+    return done
 
 
 def _alive(pid: int) -> bool:
@@ -79,14 +144,14 @@ def _die_with_parent() -> None:  # runs in the child before exec
 
 
 def command(repo: Path, backends: Path, *, host: str, http_port: int, grpc_port: int, metrics_port: int,
-            grace: int, triton: Triton, token: str) -> list[str]:
+            grace: int, triton: Triton, token: str, shm: str) -> list[str]:
     from .security import HARDENING, MAX_HTTP_INPUT_BYTES, restricted_flags
 
     cmd = [str(triton.binary), f"--model-repository={repo}", f"--backend-directory={backends}",
            f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
            f"--metrics-address={host}", f"--metrics-port={metrics_port}", "--allow-metrics=true",
            f"--exit-timeout-secs={int(grace)}", "--strict-readiness=true",
-           f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX.format(pid=os.getpid())}",
+           f"--backend-config=python,shm-region-prefix-name={shm}",
            *HARDENING, *restricted_flags(token)]
     if triton.has_option("--http-max-input-size"):
         cmd.append(f"--http-max-input-size={MAX_HTTP_INPUT_BYTES}")
@@ -141,54 +206,56 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
     log("vitrt serve: admin APIs (shared memory, repository, statistics, trace, logging) need the header "
         "vitrt-admin-key: the token " + (f"in {token_path} (mode 0600)" if token_path else "from $VITRT_ADMIN_TOKEN"))
     remove_stale_shm()
-    with tempfile.TemporaryDirectory(prefix="vitrt-serve-") as tmp:
-        repo = Path(tmp) / "models"
-        folder = write_repository(artifact, repo, model_name, link=True, **config)
-        backends = triton.backend_dir(Path(tmp) / "backends")
-        cmd = command(repo, backends, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                      grace=grace, triton=triton, token=token)
-        proc = subprocess.Popen(cmd, env=environment(), preexec_fn=_die_with_parent)
-        stop = {"signal": None}
+    shm, shm_lock = hold_shm_lock()
+    proc = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="vitrt-serve-") as tmp:
+            repo = Path(tmp) / "models"
+            folder = write_repository(artifact, repo, model_name, link=True, **config)
+            backends = triton.backend_dir(Path(tmp) / "backends")
+            cmd = command(repo, backends, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          grace=grace, triton=triton, token=token, shm=shm)
+            proc = subprocess.Popen(cmd, env=environment(), preexec_fn=_die_with_parent)
+            stop = {"signal": None}
 
-        def forward(signum, frame):
-            stop["signal"] = signum
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # Triton drains in-flight requests, refuses new ones
+            def forward(signum, frame):
+                stop["signal"] = signum
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)  # Triton drains in-flight requests, refuses new ones
 
-        old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            url = f"http://{shown}:{http_port}"
-            wait_ready(url, proc, ready_timeout)
-            log(f"vitrt serve: {folder.name} ready at {url} (gRPC {shown}:{grpc_port}, metrics "
-                f"http://{shown}:{metrics_port}/metrics), serving {Path(artifact).resolve()}")
-            while proc.poll() is None:
-                try:
-                    proc.wait(timeout=0.5)
-                except subprocess.TimeoutExpired:
-                    pass
-            return proc.returncode
-        except BaseException:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace + 10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            raise
-        finally:
-            if proc.poll() is None and stop["signal"] is not None:
-                try:
-                    proc.wait(timeout=grace + 10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            for s, h in old.items():
-                signal.signal(s, h)
-            if proc.poll() is not None:
-                remove_token_file(token_path, token)  # the file outlives no server
-            if proc.poll() is not None:  # ours, now that Triton is gone (its stubs go with it)
-                for path in glob.glob(f"/dev/shm/{SHM_PREFIX.format(pid=os.getpid())}*"):
+            old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+                url = f"http://{shown}:{http_port}"
+                wait_ready(url, proc, ready_timeout)
+                log(f"vitrt serve: {folder.name} ready at {url} (gRPC {shown}:{grpc_port}, metrics "
+                    f"http://{shown}:{metrics_port}/metrics), serving {Path(artifact).resolve()}")
+                while proc.poll() is None:
                     try:
-                        os.unlink(path)
-                    except OSError:
+                        proc.wait(timeout=0.5)
+                    except subprocess.TimeoutExpired:
                         pass
+                return proc.returncode
+            except BaseException:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=grace + 10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                raise
+            finally:
+                if proc.poll() is None and stop["signal"] is not None:
+                    try:
+                        proc.wait(timeout=grace + 10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                for s, h in old.items():
+                    signal.signal(s, h)
+                if proc.poll() is not None:
+                    remove_token_file(token_path, token)  # the file outlives no server
+    finally:
+        if proc is None or proc.poll() is not None:  # ours, now that Triton is gone (its stubs with it)
+            lock = f"/dev/shm/{shm}{SHM_LOCK}"
+            _unlink([p for p in glob.glob(f"/dev/shm/{shm}*") if p != lock] + [lock])  # the lock last
+        os.close(shm_lock)
