@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vitrt.serving.security import MIN_SAFE_NGC, _key
+from vitrt.serving.security import MAX_HTTP_INPUT_BYTES, MIN_SAFE_NGC, _key
 
 yaml = pytest.importorskip("yaml")
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -85,8 +85,8 @@ def test_ingress_terminates_tls_authenticates_limits_and_routes_no_admin_api():
         assert spec["ingressClassName"] == "nginx" and hosts <= {h for t in spec["tls"] for h in t["hosts"]}
         assert all(t["secretName"] for t in spec["tls"]) and a["nginx.ingress.kubernetes.io/force-ssl-redirect"] == "true"
         assert a.get("nginx.ingress.kubernetes.io/auth-type") == "basic" or "nginx.ingress.kubernetes.io/auth-url" in a
-        body = re.fullmatch(r"(\d+)m", a["nginx.ingress.kubernetes.io/proxy-body-size"])
-        assert body and 0 < int(body.group(1)) <= 64  # at most Triton's own request limit
+        # the cap of HTTP and of gRPC alike: Triton caps no gRPC message (docs/serving.md, "What caps what")
+        assert a["nginx.ingress.kubernetes.io/proxy-body-size"] == f"{MAX_HTTP_INPUT_BYTES // 2**20}m"
         for t in ("connect", "send", "read"):
             assert 0 < int(a[f"nginx.ingress.kubernetes.io/proxy-{t}-timeout"]) <= 120
         assert int(a["nginx.ingress.kubernetes.io/limit-rps"]) > 0
@@ -100,6 +100,12 @@ def test_ingress_terminates_tls_authenticates_limits_and_routes_no_admin_api():
                 assert "SharedMemory" not in path["path"] and "Repository" not in path["path"]
                 assert path["backend"]["service"]["name"] == service["metadata"]["name"]
                 assert path["backend"]["service"]["port"]["name"] in ports
+    grpc = [i for i in ingresses if i["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC"]
+    assert len(grpc) == 1, "a gRPC Ingress: the only layer that caps a gRPC message"
+    routes = [p for r in grpc[0]["spec"]["rules"] for p in r["http"]["paths"]]
+    assert {p["backend"]["service"]["port"]["name"] for p in routes} == {"grpc"}
+    # unary methods only: a stream's messages would add up against one body cap
+    assert {p["path"].rsplit("/", 1)[1] for p in routes} == {"ModelInfer", "ModelMetadata", "ModelConfig", "ModelReady"}
     (config,) = kind("kubernetes.yaml", "ConfigMap")  # the controller's header and slow-client limits
     assert config["data"]["large-client-header-buffers"] and int(config["data"]["client-header-timeout"]) <= 60
 

@@ -199,6 +199,11 @@ def test_the_real_bundled_binary_probes_as_2_51_and_lacks_the_size_flag():
     t = triton_home.Triton(home, "pytriton", "nvidia-pytriton 0.7.0")
     assert t.has_option("--http-restricted-api") and t.has_option("--grpc-restricted-protocol")
     assert not t.has_option("--http-max-input-size")
+    import re
+
+    grpc_options = set(re.findall(r"--grpc-[a-z0-9-]+", t._help))
+    assert "--grpc-port" in grpc_options and t.has_option("--allow-grpc")  # what --grpc-port 0 turns off
+    assert not {o for o in grpc_options if "message" in o or "input" in o or "max-size" in o}, grpc_options  # no cap
 
 
 def test_the_command_line_carries_the_restrictions_hardening_and_size_limit_where_known(tmp_path):
@@ -213,6 +218,28 @@ def test_the_command_line_carries_the_restrictions_hardening_and_size_limit_wher
     assert f"--http-max-input-size={64 * 2**20}" in cmd
     t._help = ""
     assert not [c for c in command(tmp_path / "repo", tmp_path / "backends", **kw) if "max-input-size" in c]
+
+
+def test_grpc_port_0_turns_grpc_off_and_grpc_beyond_loopback_warns(tmp_path):
+    """Triton cannot cap a gRPC message (security.TRITON_GRPC_MAX_MESSAGE_BYTES): beyond loopback vitrt
+    serve says a gateway must, and --grpc-port 0 serves HTTP only."""
+    from vitrt.serving.server import command
+
+    t = triton_home.Triton(tmp_path, "ngc", "--triton-home")
+    t._help = ""
+    kw = dict(host="0.0.0.0", http_port=1, grpc_port=0, metrics_port=3, grace=5, triton=t, token="x" * 43,
+              shm="vitrt1-0a0b0c0d_")
+    off = command(tmp_path / "repo", tmp_path / "backends", **kw)
+    assert "--allow-grpc=false" in off and not [c for c in off if c.startswith(("--grpc-port", "--grpc-address"))]
+    on = command(tmp_path / "repo", tmp_path / "backends", **{**kw, "grpc_port": 2})
+    assert {"--grpc-port=2", "--grpc-address=0.0.0.0"} <= set(on) and "--allow-grpc=false" not in on
+    assert security.TRITON_GRPC_MAX_MESSAGE_BYTES == 2**31 - 1  # INT32_MAX: MAX_GRPC_MESSAGE_SIZE in Triton's source
+    for host, port in (("127.0.0.1", 8001), ("::1", 8001), ("localhost", 8001), ("0.0.0.0", 0), ("10.0.0.5", 0)):
+        assert security.grpc_exposure(host, port) is None, (host, port)
+    for host in ("0.0.0.0", "::", "10.0.0.5"):
+        warning = security.grpc_exposure(host, 8001)
+        assert warning.startswith("warning: gRPC on") and "no request size cap in Triton" in warning
+        assert "--grpc-port 0" in warning and f"{security.MAX_HTTP_INPUT_BYTES // 2**20} MiB" in warning
 
 
 def test_stale_shm_goes_by_its_lock_not_its_pid(tmp_path):

@@ -495,6 +495,20 @@ def test_a_public_bind_of_a_vulnerable_triton_is_refused(artifact):
     assert "Started HTTPService" not in out.stdout  # no server started
 
 
+def test_grpc_port_0_serves_http_only(artifact, tmp_path, photos):
+    """--grpc-port 0: nothing listens on a gRPC port (Triton's --allow-grpc=false), HTTP inference works."""
+    import socket
+
+    srv = ServeProcess(artifact, "--model-name", "m", "--grpc-port", "0", log=tmp_path / "s.log")
+    with srv:
+        with socket.socket() as s:  # the port ServeProcess would have given gRPC: free, and nobody took it
+            s.settimeout(5)
+            assert s.connect_ex(("127.0.0.1", srv.grpc)) != 0
+        assert "Started HTTPService" in srv.log() and "Started GRPCInferenceService" not in srv.log()
+        with vitrt.Client(srv.url, "m") as client:
+            assert client.embed(Path(photos[0]).read_bytes()).ndim == 1
+
+
 @pytest.fixture(scope="module")
 def named_artifact(artifact, tmp_path_factory) -> Path:
     """The small ViT with class names of its own in its metadata (as CLASS_NAMES= gives a fine-tune)."""

@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a .onnx or .plan, or an artifacts folder (the best file in it for this machine)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     sv.add_argument("--http-port", type=int, default=8000, help="HTTP port (default: %(default)s)")
-    sv.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: %(default)s)")
+    sv.add_argument("--grpc-port", type=int, default=8001,
+                    help="gRPC port; 0: HTTP only (Triton cannot cap gRPC message sizes: docs/serving.md) "
+                         "(default: %(default)s)")
     sv.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default: %(default)s)")
     sv.add_argument("--model-name", default=None, help="served model name (default: the artifact set's NAME)")
     sv.add_argument("--max-queue-size", type=int, default=None,

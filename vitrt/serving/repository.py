@@ -37,7 +37,10 @@ QUEUE_TIMEOUT_MS = 30_000
 #: (python -m benchmarks.image_bytes; docs/benchmarks.md, "Image bytes"): photos with camera grain at
 #: vitrt's pixel limit (89 MP) are 17.6-18.6 MB as JPEG quality 95; as PNG, 36 MB at 24 MP and 72 MB at
 #: 48 MP. 64 MiB admits every JPEG and WebP vitrt would decode and PNGs to about 40 MP, and equals
-#: Triton's own request limit (--http-max-input-size), so a patched and an old Triton refuse alike.
+#: Triton's own HTTP request limit (--http-max-input-size, where the release has it). It runs in the
+#: model, after Triton has read the request and copied it into shared memory: over gRPC (no cap in any
+#: Triton: security.TRITON_GRPC_MAX_MESSAGE_BYTES) and over 2.51's HTTP only a gateway caps a request
+#: (docs/serving.md, "What caps what").
 MAX_IMAGE_BYTES = 64 * 2**20
 
 

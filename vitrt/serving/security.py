@@ -37,8 +37,14 @@ GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 #: loading or unloading over the network, no SageMaker / Vertex AI listeners, no tracing, quiet logs.
 HARDENING = ("--model-control-mode=none", "--allow-sagemaker=false", "--allow-vertex-ai=false",
              "--trace-config=level=off", "--log-verbose=0")
-#: ``--http-max-input-size`` where the Triton release has it (2.51 does not): Triton's own default, 64 MiB
+#: ``--http-max-input-size`` where the Triton release has it (2.51 does not): Triton's own default, 64 MiB.
+#: The gateway in deploy/ caps HTTP and gRPC bodies at the same size (tests/test_deploy.py checks it).
 MAX_HTTP_INPUT_BYTES = 64 * 2**20
+#: Triton's gRPC message limit, in every release: its gRPC server sets ``SetMaxMessageSize(
+#: MAX_GRPC_MESSAGE_SIZE)``, INT32_MAX, and no flag changes it (2.51's ``--help`` lists none). A
+#: ModelInfer up to this size is read whole and copied into the Python backend's shared memory before
+#: vitrt's per-image cap can refuse it; only a gateway in front caps gRPC (docs/serving.md, "What caps what").
+TRITON_GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
 #: Triton releases that fixed a network-reachable CVE, as NVIDIA's security bulletins list them
 #: (https://www.nvidia.com/en-us/security/, product "Triton Inference Server"), in both numbering
@@ -98,6 +104,16 @@ def check_exposure(host: str, version: str | None, ngc: str | None, allow_vulner
         f"network-reachable vulnerabilities ({', '.join(cves)}); expected a patched Triton: NVIDIA's tritonserver "
         f"container {MIN_SAFE_NGC}-py3 or later (deploy/Dockerfile), or --triton-home PATH to one; or bind loopback "
         "(--host 127.0.0.1); or --allow-vulnerable-triton if a gateway stands in front (docs/serving.md, \"Security\")")
+
+
+def grpc_exposure(host: str, grpc_port: int) -> str | None:
+    """The one-line warning for gRPC served beyond loopback (Triton cannot cap its messages), or None."""
+    if grpc_port == 0 or is_loopback(host):
+        return None
+    return (f"warning: gRPC on {host}:{grpc_port} has no request size cap in Triton (a message up to "
+            f"{TRITON_GRPC_MAX_MESSAGE_BYTES / 2**30:.0f} GiB is read whole and copied into /dev/shm before the "
+            f"per-image cap); a gateway in front must cap it (deploy/kubernetes.yaml caps gRPC bodies at "
+            f"{MAX_HTTP_INPUT_BYTES // 2**20} MiB), or serve HTTP only with --grpc-port 0")
 
 
 def token_file(port: int = 8000) -> Path:

@@ -147,8 +147,9 @@ def command(repo: Path, backends: Path, *, host: str, http_port: int, grpc_port:
             grace: int, triton: Triton, token: str, shm: str) -> list[str]:
     from .security import HARDENING, MAX_HTTP_INPUT_BYTES, restricted_flags
 
+    grpc = [f"--grpc-address={host}", f"--grpc-port={grpc_port}"] if grpc_port else ["--allow-grpc=false"]
     cmd = [str(triton.binary), f"--model-repository={repo}", f"--backend-directory={backends}",
-           f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+           f"--http-address={host}", f"--http-port={http_port}", *grpc,
            f"--metrics-address={host}", f"--metrics-port={metrics_port}", "--allow-metrics=true",
            f"--exit-timeout-secs={int(grace)}", "--strict-readiness=true",
            f"--backend-config=python,shm-region-prefix-name={shm}",
@@ -188,7 +189,7 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
           log=print, **config) -> int:
     """Serve ``artifact`` until SIGTERM/SIGINT; returns tritonserver's exit status."""
     from .repository import write_repository
-    from .security import check_exposure, remove_token_file, server_token
+    from .security import check_exposure, grpc_exposure, remove_token_file, server_token
     from .triton_home import identify, locate
 
     triton = locate(triton_home)
@@ -197,8 +198,9 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
     identify(triton, environment())
     log(f"vitrt serve: {triton.describe()}")
     warning = check_exposure(host, triton.version, triton.ngc, allow_vulnerable_triton)  # before binding
-    if warning:
-        log(f"vitrt serve: {warning}")
+    for warning in (warning, grpc_exposure(host, grpc_port)):
+        if warning:
+            log(f"vitrt serve: {warning}")
     token, token_path = server_token(http_port)
     import atexit
 
@@ -228,7 +230,8 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
                 shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
                 url = f"http://{shown}:{http_port}"
                 wait_ready(url, proc, ready_timeout)
-                log(f"vitrt serve: {folder.name} ready at {url} (gRPC {shown}:{grpc_port}, metrics "
+                grpc = f"gRPC {shown}:{grpc_port}" if grpc_port else "no gRPC"
+                log(f"vitrt serve: {folder.name} ready at {url} ({grpc}, metrics "
                     f"http://{shown}:{metrics_port}/metrics), serving {Path(artifact).resolve()}")
                 while proc.poll() is None:
                     try:
