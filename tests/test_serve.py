@@ -431,6 +431,55 @@ def test_admin_apis_answer_with_the_token(server, monkeypatch):
         grpc.close()
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tls_gateway import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_the_client_reaches_a_tls_gateway_with_its_credentials_and_nothing_else(server, engine, pki, photos,
+                                                                                monkeypatch):
+    """vitrt.Client through an HTTPS gateway on loopback (tests/tls_gateway.py: a CA the test makes, basic
+    auth, an API key, a client certificate), in front of the real server: the same outputs as the Engine.
+    The certificate is verified by default (the system's CAs, another CA and another host name fail), each
+    missing credential is refused, and no admin token travels with the requests."""
+    from tls_gateway import TLSGateway
+
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", server.env["XDG_RUNTIME_DIR"])  # the server's token file is readable
+    auth, key = ("ml-user", "pass:with-colon"), "k-0123456789"
+    creds = dict(cert_file=pki["client"], key_file=pki["client_key"], basic_auth=auth, headers={"X-Api-Key": key})
+    with TLSGateway(server.url, pki, basic_auth=auth, api_key=key, client_cert=True) as gw:
+        url = f"https://localhost:{gw.port}"
+        with vitrt.Client(url, "m", ca_file=pki["ca"], **creds) as client:
+            _close(client.embed(photos[0]), engine.embed(photos[0]))
+            assert client.predict(photos[0])[0].index == engine.predict(photos[0])[0].index
+            assert client.infer([photos[0]] * 6)["logits"].shape == (6, 1000)  # split at max_batch 4: two requests
+            with pytest.raises(vitrt.BackendError, match="no admin token was found"):
+                client.statistics()  # the server's token file is for its own port, and never for the gateway
+        reached = len(gw.seen)
+        assert reached >= 4 and all(h["x-api-key"] == key and h["authorization"].startswith("Basic ") for h in gw.seen)
+        assert not [h for h in gw.seen if "vitrt-admin-key" in h]
+
+        def refused(match: str, target: str = url, **kw) -> None:
+            with pytest.raises(vitrt.BackendError, match=match):
+                vitrt.Client(target, "m", **{**creds, **kw})
+
+        refused("not verified: pass ca_file")  # the system's CAs do not know the test CA
+        refused("not verified: pass ca_file", ca_file=pki["other_ca"])
+        refused("Hostname mismatch|not verified", f"https://127.0.0.1:{gw.port}", ca_file=pki["ca"])  # names localhost
+        refused("no vitrt model", ca_file=pki["ca"], cert_file=None, key_file=None)  # no client certificate
+        refused("(?s)HTTP 401: .*pass basic_auth", ca_file=pki["ca"], basic_auth=(auth[0], "wrong"))
+        refused("HTTP 403", ca_file=pki["ca"], headers={"X-Api-Key": "wrong"})
+        refused("no vitrt model", f"http://localhost:{gw.port}", basic_auth=auth, headers={"X-Api-Key": key},
+                cert_file=None, key_file=None)  # plain HTTP to the TLS port: what the Client did with https:// before
+        assert len(gw.seen) == reached and gw.refused == [401, 403]  # nothing else reached the server
+    with TLSGateway(server.url, pki, server_cert="other_server") as gw:  # signed by the other CA: that CA verifies it
+        with vitrt.Client(f"https://localhost:{gw.port}", "m", ca_file=pki["other_ca"]) as client:
+            assert client.embed(photos[0]).shape == (64,)
+
+
 def test_inference_health_metadata_and_metrics_stay_open_and_the_config_shows_no_path(server, artifact, photos):
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/m", "/v2/models/m/config"):
         with urllib.request.urlopen(f"http://{server.url}{path}", timeout=10) as r:

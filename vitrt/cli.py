@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import VitrtError
+from .errors import InputError, VitrtError
 
 
 def _batch_args(p) -> None:
@@ -38,8 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--engine", type=Path, metavar="PATH", help="a .onnx or .plan artifact, or an artifacts folder "
                      "(the best file in it for this machine) (default: none: --engine or --server is required)")
     _batch_args(pr)
-    src.add_argument("--server", metavar="URL", help="a `vitrt serve` server, e.g. localhost:8000 (default: none)")
+    src.add_argument("--server", metavar="URL", help="a `vitrt serve` server, e.g. localhost:8000, or a gateway in "
+                     "front of one, https://HOST (default: none)")
     pr.add_argument("--model-name", default="b16_384", help="the served model, with --server (default: %(default)s)")
+    pr.add_argument("--ca-file", default=None, metavar="PEM",
+                    help="with an https:// --server: the CA that signed its certificate (default: the system's CAs)")
+    pr.add_argument("--cert-file", default=None, metavar="PEM",
+                    help="with an https:// --server: a client certificate (default: none)")
+    pr.add_argument("--key-file", default=None, metavar="PEM",
+                    help="the client certificate's key, where it is not in --cert-file (default: none)")
+    pr.add_argument("--basic-auth-file", type=Path, default=None, metavar="FILE",
+                    help="a file holding USER:PASSWORD for a gateway's basic auth (kept out of the command line, "
+                         "which other users can read) (default: none)")
     pr.add_argument("--topk", type=int, default=5, help="classes per image (default: %(default)s)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text (default: text)")
     pr.add_argument("--providers", default=None, metavar="LIST",
@@ -137,6 +147,18 @@ def summary(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _basic_auth(path: Path | None) -> tuple[str, str] | None:
+    if path is None:
+        return None
+    try:
+        user, sep, password = path.read_text().strip().partition(":")
+    except OSError as exc:
+        raise InputError(f"--basic-auth-file {path}: {exc.strerror}; expected a readable file") from None
+    if not sep or not user:
+        raise InputError(f"--basic-auth-file {path} holds no USER:PASSWORD line; expected one")
+    return user, password
+
+
 def _providers(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
@@ -174,7 +196,8 @@ def _run(args) -> int:
     if args.server:
         from .serving.client import Client
 
-        runner = Client(args.server, args.model_name)
+        runner = Client(args.server, args.model_name, ca_file=args.ca_file, cert_file=args.cert_file,
+                        key_file=args.key_file, basic_auth=_basic_auth(args.basic_auth_file))
     else:
         runner = Engine(args.engine, providers=_providers(args.providers), device=args.device, backend=args.backend)
     with runner:

@@ -10,8 +10,14 @@ A server error is a VitrtError carrying the server's message: ImageError for a r
 BackendError for the rest (a full queue is HTTP 503).
 
 Admin calls (``statistics()``) send the header ``vitrt-admin-key`` with the token from ``admin_token=``,
-else ``$VITRT_ADMIN_TOKEN``, else the file ``vitrt serve`` wrote (vitrt/serving/security.py); inference
-needs none.
+else ``$VITRT_ADMIN_TOKEN``, else, for a server on loopback only, the file ``vitrt serve`` wrote
+(vitrt/serving/security.py); inference needs none.
+
+Through a gateway (deploy/kubernetes.yaml: TLS, client authentication):
+
+    vitrt.Client("https://vitrt.example.com", ca_file="ca.pem",        # verified by default: system CAs
+                 cert_file="client.pem", key_file="client.key",       # a client certificate (mutual TLS)
+                 basic_auth=("user", "password"), headers={"X-Api-Key": "..."})
 """
 
 from __future__ import annotations
@@ -46,23 +52,34 @@ def encode(image: Any) -> bytes:
 
 class Client:
     def __init__(self, url: str = "localhost:8000", model: str = "b16_384", timeout: float = 60.0,
-                 admin_token: str | None = None):
+                 admin_token: str | None = None, *, ca_file: str | os.PathLike | None = None,
+                 cert_file: str | os.PathLike | None = None, key_file: str | os.PathLike | None = None,
+                 basic_auth: tuple[str, str] | None = None, headers: dict[str, str] | None = None):
+        """``url``: ``host:port[/base]``, ``http://...`` or ``https://...`` (TLS, the certificate verified
+        against ``ca_file``, else the system's CAs, and its host name checked). ``cert_file``/``key_file``:
+        a client certificate for a gateway that asks for one. ``basic_auth``: (user, password), sent as
+        ``Authorization: Basic`` on every request (over TLS, or to loopback only). ``headers``: sent on
+        every request (a gateway's API key)."""
         try:
             import tritonclient.http as http
         except (ImportError, RuntimeError):  # tritonclient without its http extra raises RuntimeError
             raise BackendError("tritonclient is not installed; expected `pip install 'tritonclient[http]'`") from None
         self._http = http
-        url = url.split("://", 1)[-1].rstrip("/")
-        self.url, self.model, self._timeout = url, model, timeout
+        self.scheme, self.host, self.port, self.url = _parse_url(url)
+        self.model, self._timeout = model, timeout
         self._admin_token = admin_token
+        self._headers = _headers(headers, basic_auth, self.scheme, self.host)
+        self._tls = _tls_options(self.scheme, ca_file, cert_file, key_file)
         # tritonclient.http's client runs on gevent and is not thread-safe (shared between threads it
         # fails with greenlet's "Cannot switch to a different thread"): one per thread that calls us
         self._local, self._lock, self._clients = threading.local(), threading.Lock(), []
         try:
-            config = self.client.get_model_config(model)
+            config = self.client.get_model_config(model, headers=self._headers)
         except Exception as exc:
-            raise BackendError(f"no vitrt model {model!r} at {url} ({_message(exc)}); expected `vitrt serve` "
-                               "running there") from None
+            status = _status(exc)
+            raise BackendError(f"no vitrt model {model!r} at {self.scheme}://{self.url} ("
+                               + (f"HTTP {status}: " if status else "") + f"{_message(exc)}); expected `vitrt serve` "
+                               "running there" + _hint(exc, status)) from None
         self.max_batch = int(config.get("max_batch_size") or 1)
         self.labels = _labels(config)
 
@@ -72,7 +89,7 @@ class Client:
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._http.InferenceServerClient(self.url, connection_timeout=self._timeout,
-                                                      network_timeout=self._timeout)
+                                                      network_timeout=self._timeout, **self._tls)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)
@@ -94,14 +111,13 @@ class Client:
         """Triton's statistics for this model (an admin API: sends the admin token)."""
         from .security import ADMIN_HEADER, client_token
 
-        host, _, port = self.url.rpartition(":") if ":" in self.url else (self.url, "", "80")
-        token = client_token(self._admin_token, host or self.url, int(port) if port.isdigit() else 80)
+        token = client_token(self._admin_token, self.host, self.port)
         if token is None:
             raise BackendError("statistics are an admin API of vitrt serve and no admin token was found; expected "
                                "admin_token=..., $VITRT_ADMIN_TOKEN, or the file vitrt serve named at start (read for a "
                                "server on loopback only)")
         try:
-            return self.client.get_inference_statistics(self.model, headers={ADMIN_HEADER: token})
+            return self.client.get_inference_statistics(self.model, headers={**self._headers, ADMIN_HEADER: token})
         except Exception as exc:
             raise BackendError(f"server {self.url} refused statistics ({_message(exc)}); expected the admin token of "
                                "the running vitrt serve") from None
@@ -123,9 +139,9 @@ class Client:
         inp.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1), binary_data=True)
         outs = [http.InferRequestedOutput(n, binary_data=True) for n in ("logits", "embedding")]
         try:
-            result = self.client.infer(self.model, [inp], outputs=outs)
+            result = self.client.infer(self.model, [inp], outputs=outs, headers=self._headers)
         except Exception as exc:
-            status = str(getattr(exc, "status", lambda: "")() or "")
+            status = _status(exc)
             msg = f"server {self.url} refused the request ({status or 'no answer'}): {_message(exc)}"
             if status == "400":  # the server's ImageError text, which says what was expected
                 raise ImageError(msg) from None
@@ -150,6 +166,98 @@ class Client:
         single = is_single(images)
         emb = self.infer(images)["embedding"].astype(np.float32, copy=False)
         return emb[0] if single else emb
+
+
+def _parse_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, tritonclient's ``host:port[/base]``) of a Client's ``url``."""
+    from urllib.parse import urlsplit
+
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise InputError(f"url {url!r}: {exc}; expected host:port, http://host:port or https://host:port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise InputError(f"url {url!r}; expected host:port[/path], http://host:port or https://host:port")
+    if parts.username or parts.password:
+        raise InputError(f"url {parts.scheme}://{parts.hostname}... carries credentials; expected basic_auth=(user, "
+                         "password) instead (a URL's credentials end up in logs)")
+    port = port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    return parts.scheme, host, port, f"{shown}:{port}{parts.path.rstrip('/')}"
+
+
+def _headers(headers: dict | None, basic_auth: tuple[str, str] | None, scheme: str, host: str) -> dict[str, str]:
+    from .security import ADMIN_HEADER, is_loopback
+
+    out = {}
+    for k, v in (headers or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or any(c in k + v for c in "\r\n\0"):
+            raise InputError(f"header {k!r}; expected a dict of str names and values without line breaks")
+        if k.lower() == ADMIN_HEADER:
+            raise InputError(f"header {k!r} is the admin token's; expected admin_token=... (sent on admin calls only)")
+        out[k] = v
+    if basic_auth is not None:
+        import base64
+
+        if not (isinstance(basic_auth, (tuple, list)) and len(basic_auth) == 2 and all(isinstance(x, str) for x in basic_auth)):
+            raise InputError("basic_auth; expected a (user, password) pair of str")
+        if scheme != "https" and not is_loopback(host):
+            raise InputError(f"basic_auth over http:// to {host} would send the password in the clear; expected "
+                             "an https:// url")
+        out["Authorization"] = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
+    return out
+
+
+def _tls_options(scheme: str, ca_file, cert_file, key_file) -> dict:
+    """tritonclient.http's TLS arguments: a context with the system's or ``ca_file``'s CAs, the host name
+    checked, and the client certificate where given."""
+    given = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+    if scheme != "https":
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise InputError(f"{', '.join(named)} given for an http:// url; expected an https:// url")
+        return {}
+    if key_file is not None and cert_file is None:
+        raise InputError("key_file without cert_file; expected cert_file (and key_file where the key is apart)")
+    for name, value in given.items():
+        if value is not None and not Path(value).is_file():
+            raise InputError(f"{name}={os.fspath(value)!r} is not a file; expected a PEM file")
+
+    def context(*_, **__):  # tritonclient's transport is gevent's: its SSLContext
+        import gevent.ssl
+
+        try:
+            ctx = gevent.ssl.create_default_context(cafile=os.fspath(ca_file) if ca_file else None)
+            if cert_file is not None:
+                ctx.load_cert_chain(os.fspath(cert_file), os.fspath(key_file) if key_file else None)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"TLS files ({', '.join(f'{k}={os.fspath(v)!r}' for k, v in given.items() if v)}) "
+                             f"cannot be used ({exc}); expected PEM certificates and a matching key") from None
+        return ctx
+
+    context()  # the files are read now, so a bad one fails here rather than at the first request
+    return {"ssl": True, "ssl_context_factory": context, "insecure": False}
+
+
+def _status(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    return str((status() if callable(status) else status) or "")
+
+
+def _hint(exc: Exception, status: str) -> str:
+    if status in ("401", "403"):
+        return "; the server or a gateway in front refused the credentials: pass basic_auth= or headers= as it expects"
+    text = _message(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "; the server's certificate was not verified: pass ca_file= the CA that signed it"
+    if "alert" in text.lower() and "certificate" in text.lower():
+        return "; the server asked for a client certificate: pass cert_file= and key_file="
+    return ""
 
 
 def _labels(config: dict) -> tuple[str, ...]:
