@@ -112,18 +112,22 @@ def lone_caller(artifact: Path, pairs: int, log=print) -> dict:
     return r
 
 
-def concurrency_rows(artifact: Path, callers=(1, 8, 32), per_caller: int = 2, log=print) -> list[dict]:
-    """In-process Engine.predict of one JPEG from ``callers`` threads, with batching and without."""
+def concurrency_rows(artifact: Path, callers=(1, 8, 32), per_caller: int = 2, threads: int | None = None,
+                     log=print) -> list[dict]:
+    """In-process Engine.predict of one JPEG from ``callers`` threads, with batching and without, the
+    engine on ``threads`` CPU threads (the benchmark's own; None: the Engine's default; a plan runs on
+    its GPU and takes none)."""
     import vitrt
 
     blob = _jpeg()
     rows = []
     for batching in (False, True):
-        with vitrt.Engine(artifact, batching=batching) as engine:
+        on_cpu = Path(artifact).suffix == ".onnx"
+        with vitrt.Engine(artifact, batching=batching, threads=threads if on_cpu else None) as engine:
             engine.predict(blob)
             for n in callers:
                 r = load(lambda: engine.predict(blob), n, per_caller)
-                rows.append({"batching": batching, **r})
+                rows.append({"batching": batching, "threads": engine.threads, **r})
                 log(f"{'batching' if batching else 'plain   '} {n:2d} callers: {r['img_s']:.2f} img/s, "
                     f"p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms")
     return rows

@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPORTS, find_artifacts, machine_info, markdown_table, percentiles, write_reports
+from .common import REPORTS, find_artifacts, machine_info, markdown_table, write_reports
 from .rows import VitrtPeer, full_specs, quick_rows, torch_device
-from .timing import bench_inputs, measure, summarize  # noqa: F401  (measure and summarize: the sweep's too)
+from .timing import bench_inputs, measure, stats, summarize  # noqa: F401  (measure and summarize: the sweep's too)
 
 #: The quick run (`make bench`) fits 5 minutes on 2 cores with the default artifacts (measured: docs/benchmarks.md,
-#: "`make bench` itself"): three rows interleaved in two rounds of one call per row and point (one warm-up
-#: call, in the first round): model only at batches 1 and 8, end to end at batch 1, accuracy on every other
-#: photo (8), in-process batching at 1 and 8 callers.
-QUICK = {"batches": [1, 8], "e2e_batches": [1], "warmup": 1, "later_warmup": 0, "min_iters": 2, "seconds": 0.0,
-         "rounds": 2, "photo_step": 2, "callers": (1, 8)}
+#: "`make bench` itself"): three rows interleaved in five rounds of one call per row and point (one warm-up
+#: call, in the first round), so that p50 is a median of 5 and each row's spread (fastest to slowest call)
+#: is seen: model only at batches 1 and 8, end to end at batch 1, accuracy on every other photo (8),
+#: in-process batching at 1 and 8 callers.
+QUICK = {"batches": [1, 8], "e2e_batches": [1], "warmup": 1, "later_warmup": 0, "min_iters": 5, "seconds": 0.0,
+         "rounds": 5, "photo_step": 2, "callers": (1, 8)}
 #: The full run (`make bench QUICK=0`): every row in its own process (benchmarks/sweep.py), model only at
 #: every batch size, end to end at 1 and 8 (on a CPU, decoding and preprocessing are about 1 % of a
 #: call: docs/benchmarks.md, the batch job's stages), a point one warm-up call then at least one timed
@@ -63,8 +64,7 @@ def _quick(artifacts_dir: Path, cfg: dict, threads: int, skipped: dict, weights,
                 runner.release(b)
     results: dict[str, dict[str, dict]] = {"model": {}, "e2e": {}}
     for (mode, name, b), t in times.items():
-        results[mode].setdefault(name, {})[str(b)] = summarize(
-            {"iters": len(t), "seconds": float(sum(t)), **percentiles(t)}, b)
+        results[mode].setdefault(name, {})[str(b)] = summarize(stats(t), b)
     default = next((r for r in runners if getattr(r, "default", False)), None)
     for r in runners:
         if isinstance(r, VitrtPeer):
@@ -149,7 +149,7 @@ def run(artifacts_dir: Path, quick: bool = True, threads: int | None = None, bat
 
         callers = tuple(concurrency or cfg["callers"])
         say(f"in-process batching: {', '.join(map(str, callers))} callers, with and without")
-        conc = concurrency_rows(default_path, callers, per_caller=1, log=say)
+        conc = concurrency_rows(default_path, callers, per_caller=1, threads=threads, log=say)
     rss = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}
     report = {"results": results, "accuracy": acc, "skipped": skipped, "concurrency": conc,
@@ -210,8 +210,7 @@ def to_markdown(report: dict) -> str:
                       f">= {v['peer_worst']}, by median latency (goal: >= {v['lead']}x, own cosine "
                       f"{'met' if v['own_accurate'] else 'NOT met'}; accuracy judged on "
                       f"{report.get('judged_on') or 'the artifacts of this run'}):", ""]
-        lines += [f"- {pt}: {p['ratio']:.2f}x {p['fastest_peer']} ({'first' if p['first'] else 'not first'})"
-                  for pt, p in v["points"].items()]
+        lines += [f"- {pt}: {p['ratio']:.2f}x {p['fastest_peer']} ({_call(p)})" for pt, p in v["points"].items()]
     if report.get("concurrency"):
         lines += ["", "**In-process batching** (`Engine(batching=True)` against plain calls, one JPEG a call; "
                       "docs/serving.md):", "",
@@ -237,6 +236,16 @@ def to_markdown(report: dict) -> str:
                          f"{per}; {sum(lim['gmac_per_image'].values()):.1f} GMAC/image -> {lim['img_s_limit_int8']:.1f} img/s "
                          f"all-int8: vitrt's default reaches {100 * lim['share_int8']:.0f} %")
     return "\n".join(lines).rstrip()
+
+
+def _call(point: dict) -> str:
+    """A verdict point in words: its call, and the two rows' spreads and call counts where known."""
+    call = point.get("call") or ("first" if point["first"] else "not first")
+    if not point.get("spread_ms"):
+        return call
+    (a, sa), (b, sb) = point["spread_ms"].items()
+    n = point.get("calls") or ["?", "?"]
+    return (f"{call}: {sa[0]:.1f}-{sa[1]:.1f} ms over {n[0]} calls against {sb[0]:.1f}-{sb[1]:.1f} ms over {n[1]}")
 
 
 def figure(report: dict):
@@ -282,10 +291,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for every row (default: the physical cores this process may use)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved rounds per point, each row timed once per round (default: 2 quick; the full sweep "
+                   help="interleaved rounds per point, each row timed once per round (default: 5 quick; the full sweep "
                         "times each row in its own process and ignores it)")
     p.add_argument("--min-iters", type=int, default=None,
-                   help="timed calls per point at least, over all rounds (default: 2 quick, 1 full)")
+                   help="timed calls per point at least, over all rounds (default: 5 quick, 1 full)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed calls per row and point before its first round (default: 1)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile peer (default: include)")

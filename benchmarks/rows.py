@@ -1,9 +1,9 @@
 """The rows ``make bench`` times: PyTorch peers, vitrt artifacts, and the CPU peers (benchmarks/cpu_peers.py).
 
 - :func:`quick_rows` (``make bench``, the default): PyTorch eager FP32, the artifact vitrt's fleet rule
-  picks for this machine on the runtime it picks, and OpenVINO's best accurate path on this CPU (NNCF
-  INT8 where OpenVINO's int8 kernels run, i.e. the CPUs of ``vitrt.fleet.OPENVINO_ISA["int8-cpu"]``;
-  OpenVINO FP32 elsewhere, as on AVX2 alone, where its int8 measured slower than ONNX Runtime's).
+  picks for this machine on the runtime it picks, and OpenVINO's best accurate path on this CPU: the
+  row a measurement picked for its instruction sets (``benchmarks.cpu_peers.OPENVINO_PEER``, with the
+  figures), else NNCF INT8 and OpenVINO FP32 side by side (the verdict takes the faster).
 - :func:`full_specs` (``QUICK=0``): every PyTorch peer, every CPU peer, every artifact on each CPU runtime,
   as specs that :func:`build_row` builds, one row per process (benchmarks/sweep.py).
 
@@ -121,8 +121,6 @@ def quick_rows(folder: Path, threads: int, skipped: dict, weights: str | None = 
     import timm.data
     import torch
 
-    from vitrt.fleet import OPENVINO_ISA
-
     default = _cpu_default(folder) if torch_device() == "cpu" else None
     from vitrt.fleet import choose
 
@@ -143,19 +141,20 @@ def quick_rows(folder: Path, threads: int, skipped: dict, weights: str | None = 
         from . import cpu_peers
         from vitrt.cpu import read_cpuinfo
 
-        why = cpu_peers.missing("openvino")
-        int8 = any(isa in read_cpuinfo().isa for isa in OPENVINO_ISA["int8-cpu"])
-        if int8:
-            why = why or cpu_peers.missing("nncf")
+        rows, why_rows = cpu_peers.openvino_rows(read_cpuinfo().isa)
+        why = cpu_peers.missing("openvino") or ("OpenVINO NNCF INT8" in rows and cpu_peers.missing("nncf")) or None
         if why:
             skipped["OpenVINO"] = why
-        elif int8:
-            log("bench: quantizing the fp32 ONNX with NNCF (OpenVINO's int8 path on this CPU)")
-            calib = cpu_peers.calibration_images(fp32, data_config, calib_dir, skipped)
-            out.append(cpu_peers.nncf_int8(fp32, calib, threads))
-        else:
-            log("bench: opening the fp32 ONNX on OpenVINO FP32 (its int8 is slower on this CPU: vitrt.fleet)")
-            out.append(cpu_peers.OpenVINOPeer("OpenVINO FP32", fp32, threads, "f32"))
+            rows = ()
+        log(f"bench: OpenVINO rows {', '.join(rows) or 'none'} ({why_rows})")
+        for name in rows:
+            if name == "OpenVINO NNCF INT8":
+                log("bench: quantizing the fp32 ONNX with NNCF (OpenVINO's int8 path)")
+                calib = cpu_peers.calibration_images(fp32, data_config, calib_dir, skipped)
+                out.append(cpu_peers.nncf_int8(fp32, calib, threads))
+            else:
+                log("bench: opening the fp32 ONNX on OpenVINO FP32")
+                out.append(cpu_peers.OpenVINOPeer("OpenVINO FP32", fp32, threads, "f32"))
     else:
         out.append(TorchPeer("PyTorch FP16 autocast", model, data_config, device, autocast=torch.float16))
     return out

@@ -39,7 +39,10 @@ def http(url: str, method: str, path: str, body: dict | None = None, headers: di
 def backend_segment(pid: int | None = None) -> str | None:
     """The Python backend's shared-memory segment (what CVE-2025-23320 leaks through an error message;
     a probe on the same host reads /dev/shm instead)."""
-    names = sorted(glob.glob(f"/dev/shm/vitrt{pid if pid else ''}*_*")) or sorted(glob.glob("/dev/shm/triton_python_backend_shm*"))
+    from vitrt.serving.server import SHM_LOCK
+
+    ours = glob.glob(f"/dev/shm/vitrt{pid}-*_*" if pid else "/dev/shm/vitrt*_*")  # vitrt/serving/server.py SHM_PREFIX
+    names = sorted(n for n in ours if not n.endswith("_" + SHM_LOCK)) or sorted(glob.glob("/dev/shm/triton_python_backend_shm*"))
     return "/" + names[0].rsplit("/", 1)[1] if names else None
 
 

@@ -5,7 +5,8 @@ fastest accurate peer, and the default's share of the machine's peak MAC rate.
   per call), cosine against PyTorch eager FP32 on the same crops: mean and worst.
 - Verdict (issue 16's goal): at each batch size, vitrt's CPU default must be at least
   :data:`LEAD` x the fastest other row whose worst cosine is at least :data:`PEER_WORST`, with its own
-  cosine at least :data:`OWN_MEAN` mean and :data:`OWN_WORST` worst.
+  cosine at least :data:`OWN_MEAN` mean and :data:`OWN_WORST` worst; where the two rows' spreads
+  (fastest to slowest timed call) overlap, the point is "within noise", whatever the ratio.
 - Limit: the MACs of one image (:func:`vit_macs`, from the model's shape) over the peak MAC/s of the
   cores in use (:mod:`vitrt.cpu`), all at the int8 rate: int8-cpu runs every MatMul in int8, the
   attention ones included (export/cpu_attention.py); only the patch embedding (0.3 GMAC) stays FP32.
@@ -48,7 +49,11 @@ def accuracy(runners: list, crops: np.ndarray) -> dict[str, dict]:
 def verdict(results: dict, acc: dict, default: str | None, batches: list[int]) -> dict:
     """Per mode and batch: the default's median speed over the fastest accurate other row's. Medians
     (batch / p50), not the mean rate: one stall of a noisy machine moves a mean of a dozen calls by
-    tens of percent (seen: 0.90x and 1.25x for the same two rows in one run), a median hardly."""
+    tens of percent (seen: 0.90x and 1.25x for the same two rows in one run), a median hardly.
+
+    Each point's call: "first" (at least :data:`LEAD` x, own accuracy met, and the two rows' spreads,
+    fastest to slowest call, apart), "not first" (spreads apart, below the lead or own accuracy not
+    met), or "within noise" (the spreads overlap: these calls cannot tell the rows apart)."""
     if default is None:
         return {"default": None, "why": "vitrt's CPU default is not among the rows timed"}
     own = acc[default]
@@ -63,9 +68,16 @@ def verdict(results: dict, acc: dict, default: str | None, batches: list[int]) -
             if not peers:
                 continue
             best = max(peers, key=peers.get)
-            ratio = (1 / rows[default][b]["p50"]) / peers[best]
-            out["points"][f"{mode} b{b}"] = {"fastest_peer": best, "ratio": ratio,
-                                             "first": bool(ratio >= LEAD and out["own_accurate"])}
+            mine, theirs = rows[default][b], rows[best][b]
+            ratio = (1 / mine["p50"]) / peers[best]
+            spreads = {default: [mine.get("min"), mine.get("max")], best: [theirs.get("min"), theirs.get("max")]}
+            known = None not in spreads[default] + spreads[best]
+            noise = known and mine["min"] <= theirs["max"] and theirs["min"] <= mine["max"]
+            first = bool(ratio >= LEAD and out["own_accurate"])
+            call = "within noise" if noise else "first" if first else "not first"
+            out["points"][f"{mode} b{b}"] = {"fastest_peer": best, "ratio": ratio, "first": first and not noise,
+                                             "call": call, "spread_ms": spreads if known else None,
+                                             "calls": [mine["iters"], theirs["iters"]]}
     return out
 
 

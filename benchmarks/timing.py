@@ -23,7 +23,15 @@ def measure(fn: Callable[[], Any], warmup: int, min_iters: int, seconds: float, 
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return {"iters": len(times), "seconds": float(sum(times)), **percentiles(times), "times": times}
+    return {**stats(times), "times": times}
+
+
+def stats(times: list[float]) -> dict:
+    """What a point's timed calls (seconds) give: their count and sum, p50/p90/p99 and the spread, the
+    fastest and slowest call (ms): :func:`benchmarks.standing.verdict` calls two rows whose spreads
+    overlap "within noise"."""
+    ms = [1e3 * t for t in times]
+    return {"iters": len(times), "seconds": float(sum(times)), **percentiles(times), "min": min(ms), "max": max(ms)}
 
 
 def summarize(m: dict, batch: int) -> dict:

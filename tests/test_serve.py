@@ -389,7 +389,7 @@ def test_admin_apis_are_closed_without_the_token(server, protocol):
     from benchmarks.serve_probes import CLOSED, backend_segment, grpc_probes, http_probes
 
     segment = backend_segment(server.proc.pid)
-    assert segment and segment.startswith(f"/vitrt{server.proc.pid}_"), segment  # what an attacker would name
+    assert segment and segment.startswith(f"/vitrt{server.proc.pid}-"), segment  # what an attacker would name
     if protocol == "http":
         got = http_probes(server.url, "m", segment)
         assert {k: v for k, (_, v) in got.items()} == dict.fromkeys(got, CLOSED), got
