@@ -393,9 +393,11 @@ def test_gate_fails_on_overquantized_variant(variants, tmp_path):
     assert (out / "m_int8.onnx").is_file() and report["passed"] is False and report["overridden"] is True
 
 
-#: Seeds of the small ViT where the default gate rejects the fast int8: all 8 that export.gate's spread
-#: was measured on (fast worst photo cosine 0.8919-0.9808, against the 0.99 limit; docs/precision.md).
-FAST_REJECTED_SEEDS = range(8)
+#: Seeds of the small ViT where the default gate rejects the fast int8 on every CPU tried: 1-7 of the 8
+#: that export.gate's spread was measured on (fast worst photo cosine 0.8919-0.9709 on the EPYC, against
+#: the 0.99 limit; docs/precision.md). Seed 0 (0.9808 there) is rejected on the AVX-512 VNNI EPYC and
+#: passes the default gate on a Sapphire Rapids Xeon with AMX: it is left out.
+FAST_REJECTED_SEEDS = range(1, 8)
 
 
 @pytest.mark.parametrize("seed", FAST_REJECTED_SEEDS)
