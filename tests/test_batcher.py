@@ -186,20 +186,25 @@ def test_rows_that_cannot_join_a_batch_never_stop_the_batcher():
 def test_a_split_call_expiring_in_the_queue_leaves_the_thread_running():
     """The first part of a split call expires in the queue while nobody waits on it (the thread fails it,
     and its callbacks cancel the later parts): the joined future gets Overloaded, the thread lives, the
-    next request is answered. Before, the callbacks ran under the lock and mutated the queue being
-    iterated: the thread died and every later request hung."""
+    next request is answered, and none of the split call's parts reaches the backend. Before, the
+    callbacks ran under the lock and mutated the queue being iterated: the thread died and every later
+    request hung; and the later parts, taken in the same pass that expired the first, still ran."""
+    sizes = []
+
     def slow(batch):  # the first batch outlasts the split call's 50 ms: its first part expires in the queue
+        sizes.append(batch[:, 0].tolist())
         time.sleep(0.3)
         return {"marker": batch[:, 0]}
 
     batcher = Batcher(slow, max_batch=2, max_delay_ms=0)
     first = batcher.submit(np.zeros((1, 1)))
-    joined = batcher.submit(np.zeros((6, 1)), timeout_ms=50)
+    joined = batcher.submit(np.ones((6, 1)), timeout_ms=50)
     with pytest.raises(Overloaded, match="without starting"):
         joined.result(timeout=10)  # the thread expires it when the first batch returns
     assert wait(first, 5000)["marker"].tolist() == [0]
     assert wait(batcher.submit(np.full((1, 1), 3.0)), 5000)["marker"].tolist() == [3.0]
     assert batcher._thread.is_alive() and batcher.queued == 0
+    assert sizes == [[0.0], [3.0]]  # the split call's rows (ones) never ran
     batcher.close()
 
 
@@ -242,6 +247,72 @@ def test_an_nchw_artifact_batches_threads_and_coroutines_together(small_onnx_nch
         out, top = asyncio.run(both())
     np.testing.assert_allclose(out["logits"][0], want["logits"][0], rtol=0, atol=1e-4 * np.abs(want["logits"]).max())
     assert [p.index for p in top] == [p.index for p in want_top]
+
+
+def test_ainfer_normalizes_an_nchw_artifacts_crops_off_the_event_loop(small_onnx_nchw, crops):
+    """ainfer on an NCHW artifact normalizes uint8 crops (tens of ms for a batch): that runs in the pool,
+    not in the loop's thread (before: on the loop, which stalled every other coroutine meanwhile). Shown
+    by the thread the check ran in, not by timing; the answer equals infer()'s."""
+    with vitrt.Engine(small_onnx_nchw, providers=["CPUExecutionProvider"], batching=True) as engine:
+        want = engine.infer(crops[:2])
+        ran_in, check = [], engine._check_batch
+
+        def spy(batch):
+            ran_in.append(threading.current_thread())
+            return check(batch)
+
+        engine._check_batch = spy
+
+        async def call():
+            return threading.current_thread(), await engine.ainfer(crops[:2], timeout_ms=20000)
+
+        loop_thread, got = asyncio.run(call())
+    assert ran_in and loop_thread not in ran_in, (ran_in, loop_thread)
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=1e-5 * np.abs(want["logits"]).max())
+
+
+def test_a_cancelled_calls_later_turn_never_runs():
+    """A call larger than max_queue runs in turns; its task is cancelled while a later turn waits for
+    room in the pool. That turn is not queued when room comes (before: the pool thread queued it and it
+    ran, unobserved). The wait for room is held by a gate around submit, so the order is fixed."""
+    from vitrt.aio import AsyncEngine
+
+    seen = []
+
+    def model(batch):
+        seen.append(batch[:, 0].tolist())
+        return {"marker": batch[:, 0]}
+
+    batcher = Batcher(model, max_batch=2, max_delay_ms=0, max_queue=2)
+    entered, go = threading.Event(), threading.Event()
+    real = batcher.submit
+
+    def submit(batch, timeout_ms=None, block=False):
+        if block:  # a later turn: it waits here as it would for room in a full queue
+            entered.set()
+            go.wait(10)
+        return real(batch, timeout_ms, block)
+
+    batcher.submit = submit
+
+    class Caller(AsyncEngine):
+        _batcher = batcher
+
+    async def main():
+        task = asyncio.create_task(Caller()._await_batch(np.arange(6).reshape(6, 1), None))
+        for _ in range(1000):  # at most 10 s
+            if entered.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert entered.is_set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()  # room: the pool thread goes on (asyncio.run waits for it)
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    batcher.close(10)
+    assert seen == [[0, 1]] and batcher.queued == 0, seen
 
 
 def test_a_split_call_that_started_is_not_timed_out_and_one_that_did_not_runs_nothing():
@@ -351,11 +422,12 @@ def test_a_forked_child_gets_a_clear_error_not_a_hang(small_onnx, crops, lock_he
             holder.start()
             assert held.wait(10)
 
-        def child():
+        def child():  # the call refuses; close() (a `with` block's end) takes the batcher's lock: it must not hang
             try:
                 engine.infer(crops[:1])
             except vitrt.BackendError as exc:
-                return str(exc)
+                engine.close()
+                return str(exc) + " | closed"
             return "answered"
 
         code, out = _in_a_fork(child)
@@ -363,12 +435,15 @@ def test_a_forked_child_gets_a_clear_error_not_a_hang(small_onnx, crops, lock_he
         if lock_held:
             holder.join(10)
         assert code == 0 and "is a fork of it" in out and "expected a new Engine" in out, (code, out)
+        assert out.endswith(" | closed"), out
         assert engine.infer(crops[:1])["logits"].shape[0] == 1  # the parent's engine is unaffected
 
 
 def test_a_call_larger_than_max_queue_runs_in_turns_beside_other_callers():
-    """Beside three callers that keep the queue busy, a 9-image call at max_queue 4 runs in max_batch
-    turns, each later turn waiting for room rather than failing; every caller gets its own rows."""
+    """Beside two callers that keep the queue busy, a 9-image call at max_queue 4 runs in max_batch
+    turns, each later turn waiting for room rather than failing; every caller gets its own rows. Two, not
+    three: the first turn (2 images) fails fast like any call when the queue is full, and two one-image
+    callers leave it room (2 + 2 <= 4) at every instant."""
     from vitrt.batcher import run
 
     model = CostModel()
@@ -386,7 +461,7 @@ def test_a_call_larger_than_max_queue_runs_in_turns_beside_other_callers():
                 pass  # the queue is full at times: that is the other callers' load, not the big call's
             k += 1
 
-    threads = [threading.Thread(target=other, args=(c,)) for c in range(3)]
+    threads = [threading.Thread(target=other, args=(c,)) for c in range(2)]
     for t in threads:
         t.start()
     try:

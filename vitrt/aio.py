@@ -10,6 +10,7 @@ request has waited that long without starting, as the synchronous calls do.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ class AsyncEngine:
         if self._batcher is None:
             self._no_timeout(timeout_ms)
             return await loop.run_in_executor(None, self.infer, batch)
-        return await self._await_batch(self._check_batch(batch), timeout_ms)
+        # checked off the loop: an NCHW artifact's crops are normalized here (tens of ms for a batch)
+        return await self._await_batch(await loop.run_in_executor(None, self._check_batch, batch), timeout_ms)
 
     async def apredict(self, images: Any, topk: int = 5, timeout_ms: float | None = None):
         """:meth:`Engine.predict`, awaitable."""
@@ -63,8 +65,27 @@ class AsyncEngine:
 
     async def _await_one(self, batch: np.ndarray, timeout_ms: float | None, block: bool = False) -> dict[str, np.ndarray]:
         if block:  # a started call's later turn waits for room, in the pool: never on the event loop
-            future = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._batcher.submit(batch, None, block=True))
+            lock, state = threading.Lock(), {"gone": False, "future": None}
+
+            def submit():  # a turn whose awaiting task was cancelled meanwhile is not queued, or leaves the queue
+                with lock:
+                    if state["gone"]:
+                        return None
+                f = self._batcher.submit(batch, None, block=True)
+                with lock:
+                    state["future"] = f
+                    if state["gone"]:
+                        f.cancel()
+                return f
+
+            try:
+                future = await asyncio.get_running_loop().run_in_executor(None, submit)
+            except asyncio.CancelledError:
+                with lock:
+                    state["gone"] = True
+                    if state["future"] is not None:
+                        state["future"].cancel()
+                raise
         else:
             future = self._batcher.submit(batch, timeout_ms)
         waiting = asyncio.wrap_future(future)  # cancelling it cancels the request if it has not started

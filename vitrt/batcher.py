@@ -48,12 +48,13 @@ MAX_QUEUE_BATCHES = 4  # max_queue defaults to this many full batches
 
 
 class _Request:
-    __slots__ = ("batch", "future", "t0", "deadline", "on_start")
+    __slots__ = ("batch", "future", "t0", "deadline", "on_start", "later")
 
     def __init__(self, batch: np.ndarray, timeout_ms: float | None):
         self.batch, self.future, self.t0 = batch, Future(), time.monotonic()
         self.deadline = self.t0 + timeout_ms / 1000 if timeout_ms is not None else None
         self.on_start: Callable[[], None] | None = None  # a split call's first part: the call has started
+        self.later: list[_Request] = []  # a split call's first part: the parts after it (they leave with it)
 
 
 class Batcher:
@@ -110,6 +111,7 @@ class Batcher:
         parts = [_Request(batch[i:i + self.max_batch], timeout_ms if i == 0 else None) for i in range(0, n, self.max_batch)]
         # all wired before the parts are queued: the thread may take the first one at once
         future = parts[0].future if len(parts) == 1 else _joined(parts)
+        parts[0].later = parts[1:]
         for part in parts:  # a request cancelled while queued leaves the queue at once
             part.future.add_done_callback(lambda f, r=part: self._forget(r) if f.cancelled() else None)
         with self._cv:
@@ -149,10 +151,11 @@ class Batcher:
         return self._queued
 
     # --- the thread that feeds the backend --------------------------------------------------------------
-    def _take(self, expired: list) -> list[_Request] | None:
-        """The next batch (under the lock): whole requests in arrival order, at most max_batch images, all
-        of one row shape and dtype; None when closed and drained. Requests past their timeout go to
-        ``expired`` (the caller fails them after releasing the lock: their callbacks take it)."""
+    def _take(self, expired: list, taken: list) -> bool:
+        """The next batch (under the lock) into ``taken``: whole requests in arrival order, at most
+        max_batch images, all of one row shape and dtype; False when closed and drained. Requests past
+        their timeout go to ``expired`` (the caller fails them after releasing the lock: their callbacks
+        take it); each request in ``taken`` is RUNNING as soon as it is there."""
         busy_since = getattr(self, "_ran_at", None)
         while True:
             now = time.monotonic()
@@ -166,14 +169,16 @@ class Batcher:
                     break
                 wait = oldest + self.max_delay - now
             elif self._closed:
-                return None
+                return False
             else:
                 wait = None
             deadlines = [r.deadline for r in self._queue if r.deadline is not None]
             if deadlines:
                 wait = max(0.0, min(deadlines) - now) if wait is None else max(0.0, min(wait, min(deadlines) - now))
+            if expired:  # fail those first (outside the lock), rather than keep them waiting with the queue
+                return True
             self._cv.wait(wait)
-        taken, size = [], 0
+        size = 0
         while self._queue and size + len(self._queue[0].batch) <= self.max_batch:
             head = self._queue[0]
             if taken and (head.batch.shape[1:], head.batch.dtype) != (taken[0].batch.shape[1:], taken[0].batch.dtype):
@@ -187,19 +192,24 @@ class Batcher:
                     head.on_start()
         if taken:
             self._cv.notify_all()  # room in the queue for a blocked submit
-        return taken
+        return True
 
     def _expire(self, now: float) -> list[tuple[_Request, float]]:
         """Take out of the queue the requests past their timeout, (request, ms waited) each, marked running
-        so that nothing else takes them; and the cancelled ones. Under the lock: sets no result."""
-        keep, expired = collections.deque(), []
+        so that nothing else takes them, with the later parts of a split call whose first part expired
+        (none of its parts runs: they are cancelled with it); and the cancelled ones. Under the lock:
+        sets no result."""
+        keep, expired, gone = collections.deque(), [], set()
         for r in self._queue:
-            if r.future.cancelled():
+            if id(r) in gone:  # a later part of an expired call
+                self._queued -= len(r.batch)
+            elif r.future.cancelled():
                 self._queued -= len(r.batch)
             elif r.deadline is not None and now >= r.deadline:
                 self._queued -= len(r.batch)
                 if r.future.set_running_or_notify_cancel():  # False: cancelled just now
                     expired.append((r, 1000 * (now - r.t0)))
+                gone.update(id(p) for p in r.later)
             else:
                 keep.append(r)
         if len(keep) != len(self._queue):
@@ -212,23 +222,30 @@ class Batcher:
             r.future.set_exception(Overloaded(
                 f"the request waited {waited:.0f} ms in the queue without starting (timeout_ms); "
                 "expected fewer concurrent requests, or a longer timeout_ms"))
+            for part in r.later:  # already out of the queue (_expire); the joined future's callback cancels them too
+                part.future.cancel()
         expired.clear()
 
     def _loop(self) -> None:
         expired: list = []
         while True:
+            taken: list[_Request] = []
             try:
                 with self._cv:
-                    taken = self._take(expired)
+                    more = self._take(expired, taken)
             except BaseException as exc:  # never expected; if it happens, fail what waits rather than stop
                 with self._cv:
                     queued, self._queue, self._queued = list(self._queue), collections.deque(), 0
+                error = BackendError(f"the batcher failed to take a batch: {exc!r}")
+                for r in taken:  # already RUNNING: nothing else would settle them
+                    if not r.future.done():
+                        r.future.set_exception(error)
                 for r in queued:
                     if not r.future.cancelled() and r.future.set_running_or_notify_cancel():
-                        r.future.set_exception(BackendError(f"the batcher failed to take a batch: {exc!r}"))
-                taken = []
+                        r.future.set_exception(error)
+                taken, more = [], True
             self._fail_expired(expired)  # outside the lock: their callbacks (a split call's) take it
-            if taken is None:
+            if not more:
                 return
             if not taken:
                 continue
