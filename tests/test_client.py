@@ -33,6 +33,7 @@ def test_urls_with_and_without_a_scheme(url, parsed):
     ("https://gw.example.com", {"ca_file": "/no/such/ca.pem"}, "is not a file; expected a PEM file"),
     ("https://gw.example.com", {"headers": {"X-Key": "a\r\nInjected: 1"}}, "without line breaks"),
     ("https://gw.example.com", {"headers": {"vitrt-admin-key": "t"}}, "expected admin_token="),
+    ("http://gw.example.com", {"admin_token": "t" * 20}, r"admin token \(admin_token\) over http:// .* in the clear"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_sent(url, kw, match):
     with pytest.raises(InputError, match=match):
@@ -57,3 +58,30 @@ def test_basic_auth_over_plain_http_to_loopback_is_allowed_and_then_reaches_noth
         port = s.getsockname()[1]
     with pytest.raises(BackendError, match="no vitrt model"):
         Client(f"127.0.0.1:{port}", basic_auth=("u", "p"), timeout=5)
+
+
+def test_the_tokens_from_the_environment_go_in_the_clear_to_loopback_only(monkeypatch):
+    """$VITRT_ADMIN_TOKEN (a Kubernetes secret) is sent by statistics() over https://, or plain http:// to
+    loopback; to another host over http:// it is refused and nothing is sent. The Client is made without
+    a server (its connection replaced by a recorder): what is checked is what statistics() would send."""
+    monkeypatch.setenv("VITRT_ADMIN_TOKEN", "from-a-kubernetes-secret-0123")
+    sent = []
+
+    class Recorder:
+        def get_inference_statistics(self, model, headers):
+            sent.append(headers)
+            return {"model_stats": []}
+
+    client = Client.__new__(Client)
+    client.model, client._admin_token, client._headers, client.url = "vitrt", None, {}, "x"
+    monkeypatch.setattr(Client, "client", Recorder())
+    for scheme, host, ok in (("http", "10.0.0.7", False), ("http", "gw.example.com", False), ("http", "127.0.0.1", True),
+                             ("http", "::1", True), ("https", "gw.example.com", True)):
+        client.scheme, client.host, client.port = scheme, host, 8000
+        if ok:
+            client.statistics()
+            assert sent.pop()["vitrt-admin-key"] == "from-a-kubernetes-secret-0123"
+        else:
+            with pytest.raises(InputError, match=r"\$VITRT_ADMIN_TOKEN\) over http:// to .* in the clear"):
+                client.statistics()
+            assert not sent

@@ -70,10 +70,12 @@ def test_token_from_the_environment_or_a_new_0600_file(tmp_path, monkeypatch):
     assert path == tmp_path / "run" / "vitrt" / "admin-token-8000" == security.token_file(8000)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.read_text().strip() == a and len(a) >= 40
+    security.remove_token_file(path, a)  # that server stopped
     b, _ = security.server_token(8000)
     assert b != a and path.read_text().strip() == b  # a new one per start
     assert not list(path.parent.glob(".*tmp*"))  # written beside, renamed into place
     assert security.client_token() == b  # the file
+    security.remove_token_file(path, b)
     monkeypatch.setenv("VITRT_ADMIN_TOKEN", "from-a-kubernetes-secret-0123")
     assert security.server_token() == ("from-a-kubernetes-secret-0123", None)
     assert security.client_token() == "from-a-kubernetes-secret-0123"  # the environment before the file
@@ -97,10 +99,47 @@ def test_one_token_file_per_server_read_for_loopback_only_and_removed_at_exit(tm
     assert security.client_token(host="gateway.example.com", port=8000) is None
     assert security.client_token(host="10.0.0.7", port=8000) is None
     assert security.client_token("passed", host="gateway.example.com") == "passed"
-    security.remove_token_file(pa, "not-this-start-token-0123456789")  # replaced by a later start: kept
-    assert pa.is_file()
     security.remove_token_file(pa, a)
     assert not pa.exists() and pb.is_file()
+    security.remove_token_file(pb, b)
+    assert not list(pb.parent.iterdir())  # token files and their locks: nothing outlives the servers
+
+
+def test_a_second_start_for_a_running_servers_port_is_refused_and_leaves_its_token(tmp_path, monkeypatch):
+    """The review's case: server A runs on 8000; another `vitrt serve` for 8000 (a second host address,
+    or one whose Triton cannot bind) used to replace A's file and then delete it at its exit: A's token,
+    never printed, was lost. Now the second start is refused before it writes anything, in this process
+    or in another one (flock conflicts between open files, so both are real), and A's file is intact;
+    once A stops, a start for 8000 works again."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    a, pa = security.server_token(8000)
+    with pytest.raises(BackendError, match=f"another vitrt serve for port 8000 is running: it holds {pa}"):
+        security.server_token(8000)
+    other = subprocess.run([sys.executable, "-c", "from vitrt.serving import security; security.server_token(8000)"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert other.returncode != 0 and "another vitrt serve for port 8000 is running" in other.stderr, other.stderr
+    assert pa.read_text().strip() == a and a not in other.stderr
+    security.remove_token_file(pa, a)
+    security.remove_token_file(pa, a)  # twice (the exit path and atexit): harmless
+    b, pb = security.server_token(8000)
+    assert pb == pa and pa.read_text().strip() == b != a
+    security.remove_token_file(pb, b)
+    assert not list(pa.parent.iterdir())
+
+
+def test_a_link_in_place_of_the_token_folder_is_refused(tmp_path, monkeypatch):
+    """A vitrt/ that is a link to a folder someone else chose is not followed."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "vitrt").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BackendError, match="is not a folder .a link or a file"):
+        security.server_token(8000)
+    assert not list((tmp_path / "elsewhere").iterdir())
 
 
 def test_a_token_folder_others_can_write_is_refused(tmp_path, monkeypatch):
@@ -114,16 +153,16 @@ def test_a_token_folder_others_can_write_is_refused(tmp_path, monkeypatch):
         security.server_token(8000)
     assert not list((tmp_path / "vitrt").iterdir())
     os.chmod(tmp_path / "vitrt", 0o700)
-    real_lstat = os.lstat
+    real_fstat, folder = os.fstat, (tmp_path / "vitrt").stat()
 
-    def other_owner(path, *args, **kwargs):  # as if another user had made it (the tests run as one user)
-        st = real_lstat(path, *args, **kwargs)
-        if Path(path) == tmp_path / "vitrt":
+    def other_owner(fd):  # as if another user had made it (the tests run as one user)
+        st = real_fstat(fd)
+        if (st.st_dev, st.st_ino) == (folder.st_dev, folder.st_ino):
             return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, os.getuid() + 1, st.st_gid,
                                    st.st_size, st.st_atime, st.st_mtime, st.st_ctime))
         return st
 
-    monkeypatch.setattr(security.os, "lstat", other_owner)
+    monkeypatch.setattr(security.os, "fstat", other_owner)
     with pytest.raises(BackendError, match=f"owned by uid {os.getuid() + 1}"):
         security.server_token(8000)
 

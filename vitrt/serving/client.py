@@ -68,6 +68,8 @@ class Client:
         self.scheme, self.host, self.port, self.url = _parse_url(url)
         self.model, self._timeout = model, timeout
         self._admin_token = admin_token
+        if admin_token is not None:
+            _clear_token(self.scheme, self.host, "admin_token")
         self._headers = _headers(headers, basic_auth, self.scheme, self.host)
         self._tls = _tls_options(self.scheme, ca_file, cert_file, key_file)
         # tritonclient.http's client runs on gevent and is not thread-safe (shared between threads it
@@ -116,6 +118,7 @@ class Client:
             raise BackendError("statistics are an admin API of vitrt serve and no admin token was found; expected "
                                "admin_token=..., $VITRT_ADMIN_TOKEN, or the file vitrt serve named at start (read for a "
                                "server on loopback only)")
+        _clear_token(self.scheme, self.host, "$VITRT_ADMIN_TOKEN" if self._admin_token is None else "admin_token")
         try:
             return self.client.get_inference_statistics(self.model, headers={**self._headers, ADMIN_HEADER: token})
         except Exception as exc:
@@ -189,6 +192,15 @@ def _parse_url(url: str) -> tuple[str, str, int, str]:
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
     return parts.scheme, host, port, f"{shown}:{port}{parts.path.rstrip('/')}"
+
+
+def _clear_token(scheme: str, host: str, where: str) -> None:
+    """Refuse (InputError) to send the admin token in the clear off this machine, as basic_auth is."""
+    from .security import is_loopback
+
+    if scheme != "https" and not is_loopback(host):
+        raise InputError(f"the admin token ({where}) over http:// to {host} would be sent in the clear; expected an "
+                         "https:// url (a gateway with TLS in front of vitrt serve), or a server on loopback")
 
 
 def _headers(headers: dict | None, basic_auth: tuple[str, str] | None, scheme: str, host: str) -> dict[str, str]:

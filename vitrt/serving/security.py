@@ -77,12 +77,14 @@ def vulnerable(version: str | None = None, ngc: str | None = None) -> list[tuple
 
 
 def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: where it resolves is not ours to assume
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
         return False
+
 
 
 def check_exposure(host: str, version: str | None, ngc: str | None, allow_vulnerable: bool = False) -> str | None:
@@ -125,21 +127,53 @@ def token_file(port: int = 8000) -> Path:
     return base / "vitrt" / f"admin-token-{int(port)}"
 
 
-def _private_dir(folder: Path) -> Path:
-    """``folder``, created 0700 where absent; refused (BackendError) where another user owns it or others
-    can write it (``XDG_RUNTIME_DIR=/tmp``: anyone could have made ``/tmp/vitrt`` first)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = os.lstat(folder)
+def _private_dir(folder: Path) -> int:
+    """An open descriptor of ``folder``, created 0700 where absent; refused (BackendError) where it is a
+    link or not a folder, another user owns it, or others can write it (``XDG_RUNTIME_DIR=/tmp``: anyone
+    could have made ``/tmp/vitrt`` first). Checked on the descriptor, and the files in it are made through
+    it: a folder swapped after the check is not the one written to."""
     import stat as stat_mod
 
-    if not stat_mod.S_ISDIR(st.st_mode):
-        raise BackendError(f"{folder} is not a folder (a link or a file); expected a folder of this user's for the "
-                           "admin token")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BackendError(f"{folder} is not a folder (a link or a file: {exc.strerror}); expected a folder of this "
+                           "user's for the admin token") from None
+    st = os.fstat(fd)
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        os.close(fd)
         raise BackendError(f"{folder} is owned by uid {st.st_uid} with mode {stat_mod.S_IMODE(st.st_mode):04o}; expected "
                            f"a folder owned by this user (uid {os.getuid()}) that no one else can write, for the admin "
                            "token: remove it, or set XDG_RUNTIME_DIR to a private folder")
-    return folder
+    return fd
+
+
+#: The token files this process's servers hold: path -> (folder fd, lock fd). A lock is held (flock) for
+#: the server's life, so a second server on the same port is refused instead of replacing the token.
+_HELD: dict[Path, tuple[int, int]] = {}
+
+
+def _hold(dfd: int, path: Path, port: int) -> int:
+    """The lock beside ``path`` (``.NAME.lock``), held; BackendError where another live start holds it."""
+    import fcntl
+
+    name = f".{path.name}.lock"
+    while True:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BackendError(f"another vitrt serve for port {port} is running: it holds {path} (its admin token); "
+                               "expected a free --http-port, or that server stopped first") from None
+        try:  # a start that exited between our open and our lock unlinked that file: lock the current one
+            same = os.stat(name, dir_fd=dfd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def check_token(token: str, where: str) -> str:
@@ -152,43 +186,63 @@ def check_token(token: str, where: str) -> str:
 
 def server_token(port: int = 8000) -> tuple[str, Path | None]:
     """(token, file): ``$VITRT_ADMIN_TOKEN`` (file None), else a new random token written to
-    :func:`token_file` (``port``'s) with mode 0600 (created that way, then renamed into place)."""
+    :func:`token_file` (``port``'s) with mode 0600 (created that way under a random name, then renamed
+    into place), its lock held until :func:`remove_token_file`: a second start for the same port, while
+    this one runs, is refused (BackendError) and leaves this one's token as it is."""
     named = os.environ.get(TOKEN_ENV)
     if named:
         return check_token(named, f"${TOKEN_ENV}"), None
     token = secrets.token_urlsafe(32)
     path = token_file(port)
-    _private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    dfd = _private_dir(path.parent)
     try:
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        lock = _hold(dfd, path, port)
+    except BaseException:
+        os.close(dfd)
+        raise
+    tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"  # random: a start killed here leaves no name the next trips on
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        try:
+            os.write(fd, (token + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+    except BaseException:
+        for name in (tmp, f".{path.name}.lock"):
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except OSError:
+                pass
+        os.close(lock)
+        os.close(dfd)
+        raise
+    _HELD[path] = (dfd, lock)
     return token, path
 
 
 def remove_token_file(path: Path | None, token: str) -> None:
-    """At the server's exit: its token file goes, unless another start has replaced what it holds."""
-    if path is None:
+    """At the server's exit: its token file goes (if it still holds this start's token), then its lock.
+    Safe to call twice (the server's exit path and atexit)."""
+    if path is None or path not in _HELD:
         return
+    dfd, lock = _HELD.pop(path)
     try:
-        if path.read_text().strip() == token:
-            path.unlink()
-    except OSError:
-        pass
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        try:
+            with open(os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)) as f:
+                mine = f.read().strip() == token
+            if mine:
+                os.unlink(path.name, dir_fd=dfd)
+        except OSError:
+            pass
+        try:  # unlinked while held: a start waiting on it sees the name gone and takes a new one (_hold)
+            os.unlink(f".{path.name}.lock", dir_fd=dfd)
+        except OSError:
+            pass
+    finally:
+        os.close(lock)
+        os.close(dfd)
 
 
 def client_token(explicit: str | None = None, host: str = "localhost", port: int = 8000) -> str | None:
