@@ -70,7 +70,31 @@ def test_network_policy_opens_data_ports_to_the_ingress_and_metrics_to_monitorin
         ns = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for port in rule["ports"]:
             allowed[port["port"]] = ns
-    assert allowed == {args.http_port: "ingress-nginx", args.grpc_port: "ingress-nginx", args.metrics_port: "monitoring"}
+    want = {args.http_port: "ingress-nginx", args.metrics_port: "monitoring"}
+    if args.grpc_port:
+        want[args.grpc_port] = "ingress-nginx"
+    assert allowed == want
+
+
+@pytest.mark.parametrize("manifest, pod, labels", pods(), ids=["kubernetes", "kserve"])
+def test_grpc_is_served_only_behind_a_gateway_that_caps_it(manifest, pod, labels):
+    """Triton caps no gRPC message: a manifest serves gRPC only where it ships a gRPC Ingress with the body
+    cap (kubernetes.yaml); kserve.yaml, whose ingress KServe generates, serves HTTP only (--grpc-port 0)
+    and opens no gRPC port. Before, kserve.yaml served gRPC on 8001 with nothing capping it."""
+    from vitrt.cli import build_parser
+
+    (c,) = pod["containers"]
+    args = build_parser().parse_args(c["command"][1:])
+    capped = [i for i in kind(manifest, "Ingress")
+              if i["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC"
+              and i["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/proxy-body-size")
+              == f"{MAX_HTTP_INPUT_BYTES // 2**20}m"]
+    if not capped:
+        assert args.grpc_port == 0, f"{manifest} serves gRPC on {args.grpc_port} with no gateway capping it"
+        assert {p["containerPort"] for p in c.get("ports", [])} <= {args.http_port, args.metrics_port}
+        assert not any(p.get("name") in ("h2c", "grpc") for p in c.get("ports", []))
+    else:
+        assert args.grpc_port > 0
 
 
 def test_ingress_terminates_tls_authenticates_limits_and_routes_no_admin_api():
