@@ -17,7 +17,8 @@ What this module owns, because the binary and its Python backend need it (shared
   refuses new ones, and the exit status is Triton's; the child dies with us (PR_SET_PDEATHSIG) so a
   kill -9 leaves no orphan; the Python backend's shared memory is named after this start (pid and a
   nonce: :data:`SHM_PREFIX`) and guarded by a lock the server holds; segments whose lock is free are
-  removed at the next start, also when the next start has the same pid (PID 1 in a container).
+  removed at the next start, also when the next start has the same pid (PID 1 in a container); an
+  older vitrt's pid-only names are left and named in the log.
 """
 
 from __future__ import annotations
@@ -97,24 +98,26 @@ def _lock_is_free(path: str) -> bool:
 
 def remove_stale_shm(root: str = "/dev/shm") -> list[str]:
     """Remove the shared-memory segments of vitrt servers that are gone: those whose lock can be taken
-    (segments first, the lock last), and those with the old pid-only names whose pid is dead or is this
-    process's own (not the process that made them). Segments of live servers stay."""
+    (segments first, the lock last). Segments of live servers stay, and so do the old pid-only names
+    (:func:`legacy_shm`): a pid does not say whether its server lives where /dev/shm is shared across
+    pid namespaces (PID 1 in every container), so those are left for a person to remove."""
     removed = []
     groups: dict[str, list[str]] = {}
-    me = os.getpid()
     for path in sorted(glob.glob(os.path.join(root, "vitrt*_*"))):
         m = _SHM_NAME.match(os.path.basename(path))
-        if not m:
-            continue
-        if m.group(2):
+        if m and m.group(2):
             groups.setdefault(m.group(0), []).append(path)
-        elif int(m.group(1)) == me or not _alive(int(m.group(1))):
-            removed += _unlink([path])
     for prefix, paths in groups.items():
         lock = os.path.join(root, prefix + SHM_LOCK)
         if lock in paths and _lock_is_free(lock):  # no lock file: being removed by another start; left alone
             removed += _unlink([p for p in paths if p != lock] + [lock])
     return removed
+
+
+def legacy_shm(root: str = "/dev/shm") -> list[str]:
+    """Segments with the pid-only names of vitrt before the per-start lock (``vitrtPID_*``)."""
+    return [p for p in sorted(glob.glob(os.path.join(root, "vitrt*_*")))
+            if (m := _SHM_NAME.match(os.path.basename(p))) and not m.group(2)]
 
 
 def _unlink(paths: list[str]) -> list[str]:
@@ -126,16 +129,6 @@ def _unlink(paths: list[str]) -> list[str]:
         except OSError:
             pass
     return done
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _die_with_parent() -> None:  # runs in the child before exec
@@ -208,6 +201,11 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
     log("vitrt serve: admin APIs (shared memory, repository, statistics, trace, logging) need the header "
         "vitrt-admin-key: the token " + (f"in {token_path} (mode 0600)" if token_path else "from $VITRT_ADMIN_TOKEN"))
     remove_stale_shm()
+    old = legacy_shm()
+    if old:
+        log(f"vitrt serve: left {len(old)} shared-memory segment(s) with an older vitrt's pid-only names in /dev/shm "
+            f"(e.g. {os.path.basename(old[0])}); expected them removed by hand (rm /dev/shm/vitrt<PID>_*) once no "
+            "older vitrt serve uses this /dev/shm: their pid cannot say whether their server lives")
     shm, shm_lock = hold_shm_lock()
     proc = None
     try:
