@@ -11,7 +11,7 @@
 
 Every peer takes the artifacts' uint8 NHWC input (normalization inside the model), so that model-only
 rows compare the same work; end to end, they decode with vitrt's preprocessing. A peer whose package
-is missing is left out with the reason (:func:`available`).
+is missing is left out with the reason (:func:`missing`, :func:`openvino_rows`).
 """
 
 from __future__ import annotations
@@ -27,26 +27,45 @@ OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 
 
 #: ``make bench``'s quick run times one OpenVINO row, OpenVINO's fastest accurate path on the CPU, where a
-#: measurement says which that is: the first of these ISAs the CPU has names the row, with the figures
-#: that chose it (ViT-B/16-384, random seed 0, model only at batch 1, 2 threads, the rows interleaved in
-#: one process); an AMX CPU has AVX-512 VNNI too and takes that row (AMX itself is not measured). On a
-#: CPU with none of them (AVX2 alone, AVX-VNNI: not measured) the quick run times
-#: the candidates side by side and the verdict takes the faster one, so the pick is that run's measurement.
+#: measurement says which that is: keyed by the instruction set the CPU runs int8 matmuls on
+#: (:func:`int8_isa`), with the figures that chose it (ViT-B/16-384, random seed 0, model only at batch 1,
+#: 2 threads, the rows interleaved in one process). Where none is stored for a CPU's (AMX, AVX-VNNI,
+#: AVX-512 without VNNI: not measured) the quick run times the candidates side by side and the verdict
+#: takes the faster one, so the pick is that run's measurement.
 OPENVINO_PEER = {
     "AVX-512 VNNI": ("OpenVINO NNCF INT8", "AMD EPYC with AVX-512 VNNI, 2026-12-02: NNCF INT8 213.5 ms, OpenVINO "
                                           "FP32 645.9 ms (3.0x)"),
 }
 #: What the quick run times where no measurement picks: every accurate OpenVINO row it can build.
 OPENVINO_CANDIDATES = ("OpenVINO NNCF INT8", "OpenVINO FP32")
+#: The packages each OpenVINO row needs.
+OPENVINO_NEEDS = {"OpenVINO NNCF INT8": ("openvino", "nncf"), "OpenVINO FP32": ("openvino",)}
+#: The instruction sets int8 matmuls run on, fastest first (vitrt.cpu's names): a CPU's first is its kernel.
+INT8_ISAS = ("AMX-INT8", "AVX-512 VNNI", "AVX-VNNI", "AVX-512", "AVX2")
 
 
-def openvino_rows(isa) -> tuple[tuple[str, ...], str]:
-    """(the OpenVINO rows the quick run times on a CPU with ``isa``, why)."""
-    for key, (row, figures) in OPENVINO_PEER.items():
-        if key in isa:
-            return (row,), f"{key}: {figures}"
-    return OPENVINO_CANDIDATES, ("no measurement for this CPU's instruction sets (" + ", ".join(OPENVINO_PEER)
-                                 + " have one): both timed, the verdict takes the faster")
+def int8_isa(isa) -> str | None:
+    """The instruction set a CPU with ``isa`` (vitrt.cpu.CpuInfo.isa) runs int8 matmuls on."""
+    return next((name for name in INT8_ISAS if name in isa), None)
+
+
+def openvino_rows(isa) -> tuple[tuple[str, ...], str, dict[str, str]]:
+    """(the OpenVINO rows the quick run times on a CPU with ``isa``, why, {row it cannot build: why}).
+    A row whose package is missing is left out alone: the other candidate still runs."""
+    kernel = int8_isa(isa)
+    if kernel in OPENVINO_PEER:
+        row, figures = OPENVINO_PEER[kernel]
+        rows, why = (row,), f"{kernel}: {figures}"
+    else:
+        rows, why = OPENVINO_CANDIDATES, (f"no measurement for int8 on {kernel or 'this CPU'} ("
+                                          + ", ".join(OPENVINO_PEER) + " have one): both timed, the verdict "
+                                          "takes the faster")
+    skipped = {}
+    for row in rows:
+        reason = next((r for r in map(missing, OPENVINO_NEEDS[row]) if r), None)
+        if reason:
+            skipped[row] = reason
+    return tuple(r for r in rows if r not in skipped), why, skipped
 
 
 def missing(package: str) -> str | None:

@@ -141,11 +141,8 @@ def quick_rows(folder: Path, threads: int, skipped: dict, weights: str | None = 
         from . import cpu_peers
         from vitrt.cpu import read_cpuinfo
 
-        rows, why_rows = cpu_peers.openvino_rows(read_cpuinfo().isa)
-        why = cpu_peers.missing("openvino") or ("OpenVINO NNCF INT8" in rows and cpu_peers.missing("nncf")) or None
-        if why:
-            skipped["OpenVINO"] = why
-            rows = ()
+        rows, why_rows, cannot = cpu_peers.openvino_rows(read_cpuinfo().isa)
+        skipped.update(cannot)
         log(f"bench: OpenVINO rows {', '.join(rows) or 'none'} ({why_rows})")
         for name in rows:
             if name == "OpenVINO NNCF INT8":

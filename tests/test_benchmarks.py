@@ -38,14 +38,30 @@ def test_percentiles_match_numpy():
                  "p99": pytest.approx(1e3 * np.percentile(x, 99))}
 
 
-def test_the_openvino_peer_follows_a_stored_measurement_or_both_are_timed():
+def test_the_openvino_peer_follows_a_stored_measurement_or_both_are_timed(monkeypatch):
+    from benchmarks import cpu_peers
     from benchmarks.cpu_peers import OPENVINO_CANDIDATES, OPENVINO_PEER, openvino_rows
 
+    monkeypatch.setattr(cpu_peers, "missing", lambda package: None)  # every package here
     for isa, (row, figures) in OPENVINO_PEER.items():
         assert row in OPENVINO_CANDIDATES and " ms" in figures and "MEASURE" not in figures  # the figures that chose it
-        assert openvino_rows(("AVX2", isa))[0] == (row,)
-    rows, why = openvino_rows(("AVX2", "FMA"))  # AVX2 alone: nothing measured, so both run and the run decides
-    assert rows == OPENVINO_CANDIDATES and "both timed" in why
+        assert openvino_rows(("AVX2", "FMA", isa))[0] == (row,)
+    # the CPU's int8 kernel names the row: AMX and AVX-VNNI CPUs have AVX2 too, and no figure of theirs is stored
+    for isa in (("AVX2", "FMA", "AVX-VNNI"), ("AVX2", "AVX-512", "AVX-512 VNNI", "AMX-INT8"), ("SSE4.2",)):
+        rows, why, cannot = openvino_rows(isa)
+        assert rows == OPENVINO_CANDIDATES and "both timed" in why and cannot == {}, isa
+
+
+def test_an_openvino_row_whose_package_is_missing_is_left_out_alone(monkeypatch):
+    """Without NNCF, OpenVINO FP32 still runs where both are timed (it was dropped with NNCF); without
+    OpenVINO, neither; each left-out row says why."""
+    from benchmarks import cpu_peers
+
+    monkeypatch.setattr(cpu_peers, "missing", lambda package: f"{package} absent" if package == "nncf" else None)
+    assert cpu_peers.openvino_rows(("AVX-VNNI",))[::2] == (("OpenVINO FP32",), {"OpenVINO NNCF INT8": "nncf absent"})
+    monkeypatch.setattr(cpu_peers, "missing", lambda package: f"{package} absent")
+    assert cpu_peers.openvino_rows(("AVX-VNNI",))[::2] == ((), {"OpenVINO NNCF INT8": "openvino absent",
+                                                                "OpenVINO FP32": "openvino absent"})
 
 
 def test_the_verdict_calls_overlapping_spreads_within_noise():
@@ -153,7 +169,7 @@ def test_bench_quick_end_to_end(small_artifacts, tmp_path):
     best accurate path on this CPU (cpu_peers.OPENVINO_PEER's measured pick, or both candidates), in five
     interleaved rounds: model only at batches 1 and 8, end to end at 1 (bench.QUICK); accuracy on 8
     photos; the in-process batching rows; a progress line per row and phase."""
-    from benchmarks.cpu_peers import missing, openvino_rows
+    from benchmarks.cpu_peers import openvino_rows
     from vitrt.cpu import read_cpuinfo
 
     lines = []
@@ -161,8 +177,7 @@ def test_bench_quick_end_to_end(small_artifacts, tmp_path):
     names = list(res["results"]["model"])
     cpu = bench.torch_device() == "cpu"
     if cpu:
-        rows = openvino_rows(read_cpuinfo().isa)[0]  # the measured pick, or both where none is stored
-        ov = [] if missing("openvino") or ("OpenVINO NNCF INT8" in rows and missing("nncf")) else list(rows)
+        ov = list(openvino_rows(read_cpuinfo().isa)[0])  # the measured pick, or both where none is stored
         assert names[0] == "PyTorch eager FP32" and names[1].startswith("m_int8_cpu.onnx (") and names[2:] == ov
     assert res["config"]["quick"] and res["config"]["batches"] == [1, 8] and res["config"]["rounds"] == 5
     for mode, sizes in (("model", {"1", "8"}), ("e2e", {"1"})):
