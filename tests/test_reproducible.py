@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _needles(*dirs: Path) -> set[bytes]:
     """The build machine's paths an artifact must not name: the build and output folders, the repository
-    the code ran from, and the environment's prefix (the venv: site-packages' paths start with it)."""
-    paths = {*dirs, REPO, Path(sys.prefix)}
+    the code ran from, the environment's prefix (the venv: site-packages' paths start with it), and the
+    home folder (vitrt's caches, ~/.cache/vitrt, are under it) unless it is the root. A short generic
+    one (``/tmp``) is not searched for itself: 4 bytes turn up by chance in megabytes of weights; the
+    two-clones test gives its builds a temp folder of their own to search for instead."""
+    home = Path.home()
+    paths = {*dirs, REPO, Path(sys.prefix), *([home] if len(home.parts) > 1 else [])}
     return {os.fspath(v).encode() for p in paths for v in (p, p.resolve())}
 
 
@@ -55,9 +59,15 @@ def test_two_clones_at_different_paths_build_byte_identical_fp32_and_fp16(tmp_pa
     clones = [_clone(tmp_path / "a"), _clone(tmp_path / "clone-at-a-longer-path")]
     cmd = [sys.executable, "-m", "export", "--weights", "random", "--model-kwargs", json.dumps(SMALL_KWARGS),
            "--precision", "fp16", "--plan", "no", "--output-dir", "out", "--name", "m"]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    procs = [subprocess.Popen(cmd, cwd=c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for c in clones]
+    # each build's own home (the caches under it) and temp folder, to search for: a tool that wrote its
+    # scratch path (tempfile.gettempdir()) or a cache path into an artifact is caught
+    homes, tmps = [tmp_path / "home" / c.name for c in clones], [tmp_path / "tmp" / c.name for c in clones]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VITRT_CACHE_DIR", "VITRT_CACHE", "XDG_CACHE_HOME")}
+    for d in homes + tmps:
+        d.mkdir(parents=True)
+    procs = [subprocess.Popen(cmd, cwd=c, env={**env, "HOME": str(h), "TMPDIR": str(t)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for c, h, t in zip(clones, homes, tmps)]
     try:
         logs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -72,4 +82,4 @@ def test_two_clones_at_different_paths_build_byte_identical_fp32_and_fp16(tmp_pa
         a, b = (sha256_file(c / "out" / name) for c in clones)
         assert a == b, name
     for c in clones:
-        assert _hits(c / "out", _needles(*clones)) == []
+        assert _hits(c / "out", _needles(*clones, *homes, *tmps)) == []
