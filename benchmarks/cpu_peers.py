@@ -29,12 +29,16 @@ OV_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 #: ``make bench``'s quick run times one OpenVINO row, OpenVINO's fastest accurate path on the CPU, where a
 #: measurement says which that is: keyed by the instruction set the CPU runs int8 matmuls on
 #: (:func:`int8_isa`), with the figures that chose it (ViT-B/16-384, random seed 0, model only at batch 1,
-#: 2 threads, the rows interleaved in one process). Where none is stored for a CPU's (AMX, AVX-VNNI,
-#: AVX-512 without VNNI: not measured) the quick run times the candidates side by side and the verdict
-#: takes the faster one, so the pick is that run's measurement.
+#: 2 threads, the rows interleaved in one process: ``make bench`` where none was stored). Where none is
+#: stored for a CPU's (AMX, AVX-VNNI, AVX-512 without VNNI: not measured) the quick run times the
+#: candidates side by side and the verdict takes the faster one, so the pick is that run's measurement.
 OPENVINO_PEER = {
     "AVX-512 VNNI": ("OpenVINO NNCF INT8", "AMD EPYC with AVX-512 VNNI, 2026-12-02: NNCF INT8 213.5 ms, OpenVINO "
                                           "FP32 645.9 ms (3.0x)"),
+    # the two within noise (their calls overlap at every point); FP32 the faster median, exact, and no
+    # 84 s of NNCF quantization, which had put the quick run over its 5 minutes (344 s; docs/benchmarks.md)
+    "AVX2": ("OpenVINO FP32", "AMD EPYC with AVX2 only, 2026-12-04: OpenVINO FP32 759.8 ms (749.6-913.0), NNCF "
+                              "INT8 779.7 ms (746.9-806.5), 1.03x; batch 8 7386 against 7823 ms (1.06x)"),
 }
 #: What the quick run times where no measurement picks: every accurate OpenVINO row it can build.
 OPENVINO_CANDIDATES = ("OpenVINO NNCF INT8", "OpenVINO FP32")
@@ -51,21 +55,21 @@ def int8_isa(isa) -> str | None:
 
 def openvino_rows(isa) -> tuple[tuple[str, ...], str, dict[str, str]]:
     """(the OpenVINO rows the quick run times on a CPU with ``isa``, why, {row it cannot build: why}).
-    A row whose package is missing is left out alone: the other candidate still runs."""
+    A row whose package is missing is left out alone: the other candidates still run (also in place of
+    a measured pick that cannot, since they are then the best OpenVINO path that runs here)."""
     kernel = int8_isa(isa)
+    cannot = {row: why for row in OPENVINO_CANDIDATES
+              if (why := next((r for r in map(missing, OPENVINO_NEEDS[row]) if r), None))}
     if kernel in OPENVINO_PEER:
         row, figures = OPENVINO_PEER[kernel]
         rows, why = (row,), f"{kernel}: {figures}"
+        if row in cannot:
+            rows, why = OPENVINO_CANDIDATES, f"{why}; {row} cannot run here, so the others do"
     else:
         rows, why = OPENVINO_CANDIDATES, (f"no measurement for int8 on {kernel or 'this CPU'} ("
                                           + ", ".join(OPENVINO_PEER) + " have one): both timed, the verdict "
                                           "takes the faster")
-    skipped = {}
-    for row in rows:
-        reason = next((r for r in map(missing, OPENVINO_NEEDS[row]) if r), None)
-        if reason:
-            skipped[row] = reason
-    return tuple(r for r in rows if r not in skipped), why, skipped
+    return tuple(r for r in rows if r not in cannot), why, {r: w for r, w in cannot.items() if r in rows}
 
 
 def missing(package: str) -> str | None:

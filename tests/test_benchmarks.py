@@ -53,12 +53,17 @@ def test_the_openvino_peer_follows_a_stored_measurement_or_both_are_timed(monkey
 
 
 def test_an_openvino_row_whose_package_is_missing_is_left_out_alone(monkeypatch):
-    """Without NNCF, OpenVINO FP32 still runs where both are timed (it was dropped with NNCF); without
-    OpenVINO, neither; each left-out row says why."""
+    """Without NNCF, OpenVINO FP32 still runs where both are timed (it was dropped with NNCF) and in place
+    of a measured NNCF INT8 pick; without OpenVINO, neither; each left-out row says why."""
     from benchmarks import cpu_peers
 
     monkeypatch.setattr(cpu_peers, "missing", lambda package: f"{package} absent" if package == "nncf" else None)
     assert cpu_peers.openvino_rows(("AVX-VNNI",))[::2] == (("OpenVINO FP32",), {"OpenVINO NNCF INT8": "nncf absent"})
+    # a measured NNCF INT8 pick (AVX-512 VNNI) that cannot run: OpenVINO FP32 runs in its place
+    assert cpu_peers.openvino_rows(("AVX2", "AVX-512 VNNI")) == (
+        ("OpenVINO FP32",), cpu_peers.openvino_rows(("AVX2", "AVX-512 VNNI"))[1], {"OpenVINO NNCF INT8": "nncf absent"})
+    assert "cannot run here" in cpu_peers.openvino_rows(("AVX-512 VNNI",))[1]
+    assert cpu_peers.openvino_rows(("AVX2",)) == (("OpenVINO FP32",), cpu_peers.openvino_rows(("AVX2",))[1], {})
     monkeypatch.setattr(cpu_peers, "missing", lambda package: f"{package} absent")
     assert cpu_peers.openvino_rows(("AVX-VNNI",))[::2] == ((), {"OpenVINO NNCF INT8": "openvino absent",
                                                                 "OpenVINO FP32": "openvino absent"})
