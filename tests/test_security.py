@@ -88,7 +88,7 @@ def test_one_token_file_per_server_read_for_loopback_only_and_removed_at_exit(tm
     """Two servers (ports 8000 and 9000) keep their own tokens (before, the second overwrote the first's,
     which was never printed); a Client finds its server's by port, and only on loopback: this machine's
     token file is never sent to another host unless passed; each file goes when its server exits, unless
-    a later start replaced it."""
+    it no longer holds that server's token (then only the lock goes)."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
     a, pa = security.server_token(8000)
@@ -101,8 +101,51 @@ def test_one_token_file_per_server_read_for_loopback_only_and_removed_at_exit(tm
     assert security.client_token("passed", host="gateway.example.com") == "passed"
     security.remove_token_file(pa, a)
     assert not pa.exists() and pb.is_file()
+    pb.write_text("a-token-someone-else-wrote-0123\n")  # replaced by hand (or another tool): not ours to delete
     security.remove_token_file(pb, b)
-    assert not list(pb.parent.iterdir())  # token files and their locks: nothing outlives the servers
+    assert [p.name for p in pb.parent.iterdir()] == [pb.name]  # its lock went, the file it did not write stayed
+    pb.unlink()
+
+
+def test_the_client_reads_a_token_file_only_where_the_server_would_have_written_it(tmp_path, monkeypatch):
+    """The reading side of the folder rules: XDG_RUNTIME_DIR=/tmp lets anyone make /tmp/vitrt/ or place
+    admin-token-PORT as a link to a file of ours (~/.netrc) and listen on that port, so a Client would send
+    that file as its admin header. A link, a file others can read or that is not ours, a folder others can
+    write, and content that is no token: none is read (None; the Client then sends no token)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    token, path = security.server_token(8000)
+    assert security.client_token(port=8000) == token  # the server's own file: read
+    security.remove_token_file(path, token)
+    secret = tmp_path / "netrc"
+    secret.write_text("machine-password-0123456789abcdef\n")
+    os.chmod(secret, 0o600)
+    path.symlink_to(secret)
+    assert security.client_token(port=8000) is None  # a link, even to a file of ours that reads as a token
+    path.unlink()
+    path.write_text(token + "\n")
+    for mode in (0o644, 0o640):
+        os.chmod(path, mode)
+        assert security.client_token(port=8000) is None, oct(mode)
+    os.chmod(path, 0o600)
+    assert security.client_token(port=8000) == token
+    os.chmod(path.parent, 0o777)  # a folder others can write: anyone could have put the file there
+    assert security.client_token(port=8000) is None
+    os.chmod(path.parent, 0o700)
+    path.write_text("not a token\n")
+    assert security.client_token(port=8000) is None
+    path.write_text(token + "\n")
+    real_fstat, st_file = os.fstat, path.stat()
+
+    def other_owner(fd):  # as if another user had made the file (the tests run as one user)
+        st = real_fstat(fd)
+        if (st.st_dev, st.st_ino) == (st_file.st_dev, st_file.st_ino):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, os.getuid() + 1, st.st_gid,
+                                   st.st_size, st.st_atime, st.st_mtime, st.st_ctime))
+        return st
+
+    monkeypatch.setattr(security.os, "fstat", other_owner)
+    assert security.client_token(port=8000) is None
 
 
 def test_a_second_start_for_a_running_servers_port_is_refused_and_leaves_its_token(tmp_path, monkeypatch):
@@ -323,3 +366,26 @@ def test_stale_shm_goes_by_its_lock_not_its_pid(tmp_path):
         os.close(fd)
     assert {os.path.basename(p) for p in remove_stale_shm(str(tmp_path))} == {f"{live}seg", f"{live}{SHM_LOCK}"}
     assert [os.path.basename(p) for p in legacy_shm(str(tmp_path))] == sorted([f"vitrt{me}_seg", "vitrt1_seg", f"vitrt{dead}_seg"])
+
+
+def test_a_serve_that_fails_before_triton_starts_lets_a_retry_in_the_same_process_start(tmp_path, monkeypatch):
+    """serve() used as a library: a step after the token (the repository, here a missing artifact) raised
+    and the token's lock stayed held until the interpreter exited, so the caller's retry for the same port
+    was refused as "another vitrt serve". Now the failed start removes its file and lock at once."""
+    from types import SimpleNamespace
+
+    from vitrt.errors import VitrtError
+    from vitrt.serving import server, triton_home
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    fake = SimpleNamespace(bundled=False, version="2.70.0", ngc=None, describe=lambda: "a stand-in Triton")
+    monkeypatch.setattr(triton_home, "locate", lambda home=None: fake)  # no Triton runs: it fails before one would
+    monkeypatch.setattr(triton_home, "identify", lambda triton, env: None)
+    monkeypatch.setattr(server, "remove_stale_shm", lambda root="/dev/shm": [])
+    real_hold = server.hold_shm_lock
+    monkeypatch.setattr(server, "hold_shm_lock", lambda root="/dev/shm": real_hold(str(tmp_path)))  # not /dev/shm
+    for _ in range(2):  # the second start is the retry
+        with pytest.raises(VitrtError, match="missing.onnx"):
+            server.serve(tmp_path / "missing.onnx", http_port=8123, log=lambda m: None)
+    assert not list((tmp_path / "run" / "vitrt").iterdir())  # neither its token file nor its lock is left

@@ -127,14 +127,15 @@ def token_file(port: int = 8000) -> Path:
     return base / "vitrt" / f"admin-token-{int(port)}"
 
 
-def _private_dir(folder: Path) -> int:
-    """An open descriptor of ``folder``, created 0700 where absent; refused (BackendError) where it is a
+def _private_dir(folder: Path, create: bool = True) -> int:
+    """An open descriptor of ``folder``, created 0700 where absent (``create``); refused (BackendError) where it is a
     link or not a folder, another user owns it, or others can write it (``XDG_RUNTIME_DIR=/tmp``: anyone
     could have made ``/tmp/vitrt`` first). Checked on the descriptor, and the files in it are made through
     it: a folder swapped after the check is not the one written to."""
     import stat as stat_mod
 
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -255,10 +256,32 @@ def client_token(explicit: str | None = None, host: str = "localhost", port: int
         return os.environ[TOKEN_ENV]
     if not is_loopback(host):
         return None
+    return _read_token_file(token_file(port))
+
+
+def _read_token_file(path: Path) -> str | None:
+    """The token in ``path`` where the server side's rules hold (a folder of this user's no one else can
+    write, :func:`_private_dir`; a plain file of this user's, not a link, that only this user can read),
+    else None: a token file another user could have placed (``XDG_RUNTIME_DIR=/tmp``, a link to a file of
+    ours) is never read and sent."""
+    import stat as stat_mod
+
     try:
-        return token_file(port).read_text().strip() or None
-    except OSError:
+        dfd = _private_dir(path.parent, create=False)
+    except BackendError:
         return None
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+        with open(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat_mod.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                return None
+            token = f.read(4096).decode("ascii").strip()
+        return check_token(token, str(path))
+    except (OSError, UnicodeDecodeError, InputError):
+        return None
+    finally:
+        os.close(dfd)
 
 
 def restricted_flags(token: str) -> list[str]:

@@ -200,13 +200,17 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
     atexit.register(remove_token_file, token_path, token)  # also when a step below fails before Triton starts
     log("vitrt serve: admin APIs (shared memory, repository, statistics, trace, logging) need the header "
         "vitrt-admin-key: the token " + (f"in {token_path} (mode 0600)" if token_path else "from $VITRT_ADMIN_TOKEN"))
-    remove_stale_shm()
-    old = legacy_shm()
-    if old:
-        log(f"vitrt serve: left {len(old)} shared-memory segment(s) with an older vitrt's pid-only names in /dev/shm "
-            f"(e.g. {os.path.basename(old[0])}); expected them removed by hand (rm /dev/shm/vitrt<PID>_*) once no "
-            "older vitrt serve uses this /dev/shm: their pid cannot say whether their server lives")
-    shm, shm_lock = hold_shm_lock()
+    try:
+        remove_stale_shm()
+        old = legacy_shm()
+        if old:
+            log(f"vitrt serve: left {len(old)} shared-memory segment(s) with an older vitrt's pid-only names in "
+                f"/dev/shm (e.g. {os.path.basename(old[0])}); expected them removed by hand (rm /dev/shm/vitrt<PID>_*) "
+                "once no older vitrt serve uses this /dev/shm: their pid cannot say whether their server lives")
+        shm, shm_lock = hold_shm_lock()
+    except BaseException:
+        remove_token_file(token_path, token)  # a caller's retry in this process is not refused by our own lock
+        raise
     proc = None
     try:
         with tempfile.TemporaryDirectory(prefix="vitrt-serve-") as tmp:
@@ -257,6 +261,7 @@ def serve(artifact: Path, *, model_name: str | None = None, host: str = "127.0.0
                     remove_token_file(token_path, token)  # the file outlives no server
     finally:
         if proc is None or proc.poll() is not None:  # ours, now that Triton is gone (its stubs with it)
+            remove_token_file(token_path, token)  # also where a step failed before Triton started
             lock = f"/dev/shm/{shm}{SHM_LOCK}"
             _unlink([p for p in glob.glob(f"/dev/shm/{shm}*") if p != lock] + [lock])  # the lock last
         os.close(shm_lock)
