@@ -225,6 +225,90 @@ def test_nothing_raised_in_the_feeding_thread_stops_it():
     batcher.close()
 
 
+def test_the_safety_net_wakes_a_blocked_submit_and_fails_a_request_marked_running():
+    """If taking a batch ever raises (it is not expected to: here _expire is made to, once, after it
+    marked the queued request RUNNING), the feeding thread fails what it held and lives. Before, it
+    emptied the queue without waking a submit blocked on the full queue (that caller slept until other
+    traffic came), and the request already RUNNING made its own failure raise, which killed the thread."""
+    hold = threading.Event()
+
+    def model(batch):
+        hold.wait(10)
+        return {"marker": batch[:, 0]}
+
+    batcher = Batcher(model, max_batch=2, max_delay_ms=0, max_queue=2)
+    try:
+        first = batcher.submit(np.zeros((2, 1)))
+        for _ in range(1000):
+            if first.running():
+                break
+            time.sleep(0.01)
+        queued = batcher.submit(np.ones((2, 1)))  # the queue full
+        real, calls = batcher._expire, []
+
+        def broken(now):  # the next pass: marks the queued request RUNNING (as expiring does), then raises
+            calls.append(now)
+            if len(calls) == 1:
+                batcher._queue[0].future.set_running_or_notify_cancel()
+                raise RuntimeError("a bug in taking a batch")
+            return real(now)
+
+        batcher._expire = broken
+        third = {}
+        blocked = threading.Thread(target=lambda: third.update(f=batcher.submit(np.full((2, 1), 3.0), block=True)))
+        blocked.start()
+        time.sleep(0.2)
+        assert blocked.is_alive()  # waiting for room
+        hold.set()  # the first batch returns; the next pass raises
+        with pytest.raises(vitrt.BackendError, match="failed to take a batch: RuntimeError"):
+            queued.result(10)
+        blocked.join(5)
+        assert not blocked.is_alive()  # woken by the safety net, not by other traffic
+        assert wait(third["f"], 5000)["marker"].tolist() == [3.0, 3.0]
+        assert wait(first, 5000)["marker"].tolist() == [0.0, 0.0] and batcher._thread.is_alive()
+    finally:
+        hold.set()
+        batcher.close(10)
+
+
+def test_a_split_call_cancelled_in_the_queue_runs_no_part():
+    """Cancelling a queued split call reaches its parts one by one (callbacks); if the feeding thread
+    takes a batch meanwhile it used to skip the cancelled first part and run the second. Here the first
+    part's cancel callback waits (up to 1 s) for the feeding thread to take its next batch, so that
+    window is open for certain."""
+    seen, hold, next_taken = [], threading.Event(), threading.Event()
+
+    def model(batch):
+        seen.append(batch[:, 0].tolist())
+        if len(seen) > 1:
+            next_taken.set()
+        hold.wait(10)
+        return {"marker": batch[:, 0]}
+
+    batcher = Batcher(model, max_batch=2, max_delay_ms=0)
+    try:
+        first = batcher.submit(np.zeros((1, 1)))
+        for _ in range(1000):
+            if first.running():
+                break
+            time.sleep(0.01)
+        call = batcher.submit(np.arange(1, 5).reshape(4, 1))  # two parts: rows 1-2 and 3-4
+        parts = call.parts
+
+        def slow_cancel(f):  # runs inside the first part's cancel, before the second is cancelled
+            hold.set()  # the first batch returns: the feeding thread takes the next one now
+            next_taken.wait(1)
+
+        parts[0].add_done_callback(slow_cancel)
+        assert call.cancel()
+        assert wait(first, 5000)["marker"].tolist() == [0.0]
+        assert wait(batcher.submit(np.full((1, 1), 9.0)), 5000)["marker"].tolist() == [9.0]
+    finally:
+        hold.set()
+        batcher.close(10)
+    assert seen == [[0.0], [9.0]] and all(p.cancelled() for p in parts), seen
+
+
 def test_an_nchw_artifact_batches_threads_and_coroutines_together(small_onnx_nchw, photos, crops):
     """A float32 NCHW artifact with batching: a thread's normalized [1, 3, 384, 384] infer and a
     coroutine's apredict (crops, normalized by the Engine as infer() does) meet in the batcher and each
@@ -272,26 +356,34 @@ def test_ainfer_normalizes_an_nchw_artifacts_crops_off_the_event_loop(small_onnx
 
 
 def test_a_cancelled_calls_later_turn_never_runs():
-    """A call larger than max_queue runs in turns; its task is cancelled while a later turn waits for
-    room in the pool. That turn is not queued when room comes (before: the pool thread queued it and it
-    ran, unobserved). The wait for room is held by a gate around submit, so the order is fixed."""
+    """A call larger than max_queue runs in turns; its task is cancelled while a later turn waits in a
+    pool thread for room in a really full queue. The pool thread is freed at the cancel, without waiting
+    for room (before: it stayed blocked in submit, holding a pool worker, then queued the turn when room
+    came and cancelled it after, a window in which the feeding thread could take and run it), and the
+    turn never runs. The order is fixed: 6 rows at max_batch 4 = max_queue are turns of 4 and 2; while
+    the first runs, another caller queues 3 rows, which wait for a full batch (max_delay 10 s), so the
+    second turn (3 + 2 > 4) waits for room and nothing makes any until close()."""
     from vitrt.aio import AsyncEngine
 
-    seen = []
+    seen, others = [], []
 
     def model(batch):
         seen.append(batch[:, 0].tolist())
+        if batch[0, 0] == 0:  # the first turn: another caller's 3 rows arrive meanwhile
+            others.append(batcher.submit(np.array([[100], [101], [102]])))
         return {"marker": batch[:, 0]}
 
-    batcher = Batcher(model, max_batch=2, max_delay_ms=0, max_queue=2)
-    entered, go = threading.Event(), threading.Event()
-    real = batcher.submit
+    batcher = Batcher(model, max_batch=4, max_delay_ms=10000, max_queue=4)
+    real, blocked, returned = batcher.submit, threading.Event(), threading.Event()
 
-    def submit(batch, timeout_ms=None, block=False):
-        if block:  # a later turn: it waits here as it would for room in a full queue
-            entered.set()
-            go.wait(10)
-        return real(batch, timeout_ms, block)
+    def submit(batch, timeout_ms=None, block=False, turn=None):
+        if not block:
+            return real(batch, timeout_ms, block)
+        blocked.set()  # the later turn, about to wait for room
+        try:
+            return real(batch, timeout_ms, block, **({"turn": turn} if turn is not None else {}))
+        finally:
+            returned.set()
 
     batcher.submit = submit
 
@@ -300,19 +392,62 @@ def test_a_cancelled_calls_later_turn_never_runs():
 
     async def main():
         task = asyncio.create_task(Caller()._await_batch(np.arange(6).reshape(6, 1), None))
-        for _ in range(1000):  # at most 10 s
-            if entered.is_set():
-                break
-            await asyncio.sleep(0.01)
-        assert entered.is_set()
+        assert await asyncio.to_thread(blocked.wait, 10)
+        await asyncio.sleep(0.2)  # inside submit, waiting: the queue holds 3 of 4 and the turn brings 2
+        assert not returned.is_set() and batcher.queued == 3
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        go.set()  # room: the pool thread goes on (asyncio.run waits for it)
+        assert await asyncio.to_thread(returned.wait, 5)  # freed at the cancel, the queue still full
+        assert batcher.queued == 3
 
-    asyncio.run(asyncio.wait_for(main(), 20))
-    batcher.close(10)
-    assert seen == [[0, 1]] and batcher.queued == 0, seen
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        batcher.close(10)  # closing drains: the other caller's rows run now
+    assert others[0].result(10)["marker"].tolist() == [100, 101, 102]
+    assert seen == [[0, 1, 2, 3], [100, 101, 102]] and batcher.queued == 0, seen
+
+
+def test_a_turn_given_up_before_it_reaches_the_queue_is_not_queued():
+    """Batcher.abandon before the blocked submit runs (the cancel came first): submit raises
+    CancelledError and queues nothing; after it was queued and before it started: it is cancelled and
+    leaves the queue; a turn given up after it started runs to its end (nothing to take back)."""
+    from concurrent.futures import CancelledError
+
+    from vitrt.batcher import Turn
+
+    hold = threading.Event()
+    seen = []
+
+    def model(batch):
+        seen.append(batch[:, 0].tolist())
+        hold.wait(10)
+        return {"marker": batch[:, 0]}
+
+    batcher = Batcher(model, max_batch=2, max_delay_ms=0, max_queue=4)
+    try:
+        first = batcher.submit(np.array([[0], [1]]))
+        for _ in range(1000):
+            if first.running():
+                break
+            time.sleep(0.01)
+        gone = Turn()
+        batcher.abandon(gone)
+        with pytest.raises(CancelledError):
+            batcher.submit(np.array([[2], [3]]), None, block=True, turn=gone)
+        assert batcher.queued == 0
+        queued = Turn()
+        f = batcher.submit(np.array([[4], [5]]), None, block=True, turn=queued)
+        assert queued.future is f and batcher.queued == 2
+        batcher.abandon(queued)
+        assert f.cancelled() and batcher.queued == 0
+        hold.set()
+        assert first.result(10)["marker"].tolist() == [0, 1]
+    finally:
+        hold.set()
+        batcher.close(10)
+    assert seen == [[0, 1]]
 
 
 def test_a_split_call_that_started_is_not_timed_out_and_one_that_did_not_runs_nothing():

@@ -19,11 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 def _needles(*dirs: Path) -> set[bytes]:
     """The build machine's paths an artifact must not name: the build and output folders, the repository
     the code ran from, the environment's prefix (the venv: site-packages' paths start with it), and the
-    home folder (vitrt's caches, ~/.cache/vitrt, are under it) unless it is the root. A short generic
-    one (``/tmp``) is not searched for itself: 4 bytes turn up by chance in megabytes of weights; the
+    home folder (vitrt's caches, ~/.cache/vitrt, are under it) unless it is the root or a temp folder. A
+    short generic path (``/tmp``) is not searched for itself: 4 bytes turn up by chance in megabytes of weights; the
     two-clones test gives its builds a temp folder of their own to search for instead."""
     home = Path.home()
-    paths = {*dirs, REPO, Path(sys.prefix), *([home] if len(home.parts) > 1 else [])}
+    generic = len(os.fspath(home)) < 5 or home in (Path("/tmp"), Path("/var/tmp"))  # "/", "/tmp": not searched
+    paths = {*dirs, REPO, Path(sys.prefix), *([] if generic else [home])}
     return {os.fspath(v).encode() for p in paths for v in (p, p.resolve())}
 
 

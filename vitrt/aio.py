@@ -65,26 +65,22 @@ class AsyncEngine:
 
     async def _await_one(self, batch: np.ndarray, timeout_ms: float | None, block: bool = False) -> dict[str, np.ndarray]:
         if block:  # a started call's later turn waits for room, in the pool: never on the event loop
-            lock, state = threading.Lock(), {"gone": False, "future": None}
+            from concurrent.futures import CancelledError
 
-            def submit():  # a turn whose awaiting task was cancelled meanwhile is not queued, or leaves the queue
-                with lock:
-                    if state["gone"]:
-                        return None
-                f = self._batcher.submit(batch, None, block=True)
-                with lock:
-                    state["future"] = f
-                    if state["gone"]:
-                        f.cancel()
-                return f
+            from .batcher import Turn
+
+            turn = Turn()
+
+            def submit():  # given up (the task cancelled): not queued, and the pool thread freed at once
+                try:
+                    return self._batcher.submit(batch, None, block=True, turn=turn)
+                except CancelledError:
+                    return None
 
             try:
                 future = await asyncio.get_running_loop().run_in_executor(None, submit)
             except asyncio.CancelledError:
-                with lock:
-                    state["gone"] = True
-                    if state["future"] is not None:
-                        state["future"].cancel()
+                self._batcher.abandon(turn)
                 raise
         else:
             future = self._batcher.submit(batch, timeout_ms)

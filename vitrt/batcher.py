@@ -9,8 +9,9 @@ oldest queued request has waited ``max_delay_ms``, whichever is first (a batch t
 arrival order). Each caller gets exactly its own rows, in its order. The queue holds at most
 ``max_queue`` images: a request that does not fit raises :class:`Overloaded` at once, and one that has
 waited ``timeout_ms`` without starting raises it too. A request cancelled before it starts (its future's
-``cancel()``, or a cancelled ``await``) leaves the queue. ``close()`` refuses new requests and drains the
-accepted ones. Decoding and preprocessing happen before ``submit`` (in the callers' threads), never here.
+``cancel()``, or a cancelled ``await``) leaves the queue, and no part of a split call cancelled before
+it starts runs; a later turn given up while it waits for room (:class:`Turn`) is never queued.
+``close()`` refuses new requests and drains the accepted ones. Decoding and preprocessing happen before ``submit`` (in the callers' threads), never here.
 With the Engine's input given (``item``), a request of another row shape or dtype is refused at
 ``submit``; without it, requests of different row shapes run in separate batches. Nothing raised in the
 feeding thread stops it, and no future's callback runs under its lock. The feeding thread holds the Batcher, not the
@@ -32,7 +33,7 @@ import os
 import threading
 import time
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
@@ -48,13 +49,30 @@ MAX_QUEUE_BATCHES = 4  # max_queue defaults to this many full batches
 
 
 class _Request:
-    __slots__ = ("batch", "future", "t0", "deadline", "on_start", "later")
+    __slots__ = ("batch", "future", "t0", "deadline", "on_start", "later", "call")
 
     def __init__(self, batch: np.ndarray, timeout_ms: float | None):
         self.batch, self.future, self.t0 = batch, Future(), time.monotonic()
         self.deadline = self.t0 + timeout_ms / 1000 if timeout_ms is not None else None
         self.on_start: Callable[[], None] | None = None  # a split call's first part: the call has started
         self.later: list[_Request] = []  # a split call's first part: the parts after it (they leave with it)
+        self.call: Future | None = None  # a split call's part: the joined future (cancelled: no part runs)
+
+    def given_up(self) -> bool:
+        """Cancelled, itself or (a split call's part) its call: it must not run."""
+        return self.future.cancelled() or (self.call is not None and self.call.cancelled())
+
+
+class Turn:
+    """A blocked :meth:`Batcher.submit` its caller may give up (:meth:`Batcher.abandon`): a cancelled
+    coroutine's later turn, which waits for room in a pool thread. Checked and set under the batcher's
+    lock, so a turn given up is never queued, and the waiting thread is woken at once."""
+
+    __slots__ = ("gone", "future")
+
+    def __init__(self):
+        self.gone = False
+        self.future: Future | None = None
 
 
 class Batcher:
@@ -85,10 +103,13 @@ class Batcher:
         self._thread.start()
 
     # --- callers -------------------------------------------------------------------------------------
-    def submit(self, batch: np.ndarray, timeout_ms: float | None = None, block: bool = False) -> Future:
+    def submit(self, batch: np.ndarray, timeout_ms: float | None = None, block: bool = False,
+               turn: Turn | None = None) -> Future:
         """Queue ``batch`` (one request: [n, ...], n >= 1); its future resolves to the outputs of its rows.
         Larger than ``max_batch``: split into requests that run in order; the future joins them. A full
-        queue raises Overloaded, or with ``block`` waits for room (a started call's later turns: :func:`run`)."""
+        queue raises Overloaded, or with ``block`` waits for room (a started call's later turns: :func:`run`);
+        with ``turn``, CancelledError once it is given up (:meth:`abandon`), and the future is set on it
+        as it is queued."""
         if self._forked_from is not None:
             raise BackendError(f"this batcher was made in process {self._forked_from} and this process (pid "
                                f"{os.getpid()}) is a fork of it: its feeding thread did not come with the fork (nor a "
@@ -112,10 +133,15 @@ class Batcher:
         # all wired before the parts are queued: the thread may take the first one at once
         future = parts[0].future if len(parts) == 1 else _joined(parts)
         parts[0].later = parts[1:]
+        if len(parts) > 1:  # its cancel reaches the parts one by one (callbacks): _take must not run one meanwhile
+            for part in parts:
+                part.call = future
         for part in parts:  # a request cancelled while queued leaves the queue at once
             part.future.add_done_callback(lambda f, r=part: self._forget(r) if f.cancelled() else None)
         with self._cv:
             while True:
+                if turn is not None and turn.gone:
+                    raise CancelledError()
                 if self._closed:
                     raise BackendError("this batcher is closed; expected an open Engine (create a new one)")
                 if self._queued + n <= self.max_queue:
@@ -126,8 +152,22 @@ class Batcher:
                 self._cv.wait()
             self._queue.extend(parts)
             self._queued += n
+            if turn is not None:
+                turn.future = future
             self._cv.notify_all()
         return future
+
+    def abandon(self, turn: Turn) -> None:
+        """Give up ``turn``: a submit still waiting for room raises CancelledError now (not queued), and one
+        already queued is cancelled if it has not started."""
+        with self._cv:
+            turn.gone = True
+            self._cv.notify_all()
+            future = turn.future
+        if future is not None:  # outside the lock: its callbacks take it
+            future.cancel()
+            for part in getattr(future, "parts", ()):
+                part.cancel()
 
     def _forget(self, request: _Request) -> None:
         with self._cv:
@@ -185,7 +225,7 @@ class Batcher:
                 break  # rows that cannot be concatenated with this batch's go in the next one
             self._queue.popleft()
             self._queued -= len(head.batch)
-            if not head.future.cancelled() and head.future.set_running_or_notify_cancel():  # False: cancelled
+            if not head.given_up() and head.future.set_running_or_notify_cancel():  # False: cancelled
                 taken.append(head)
                 size += len(head.batch)
                 if head.on_start is not None:
@@ -203,7 +243,7 @@ class Batcher:
         for r in self._queue:
             if id(r) in gone:  # a later part of an expired call
                 self._queued -= len(r.batch)
-            elif r.future.cancelled():
+            elif r.given_up():
                 self._queued -= len(r.batch)
             elif r.deadline is not None and now >= r.deadline:
                 self._queued -= len(r.batch)
@@ -236,13 +276,14 @@ class Batcher:
             except BaseException as exc:  # never expected; if it happens, fail what waits rather than stop
                 with self._cv:
                     queued, self._queue, self._queued = list(self._queue), collections.deque(), 0
+                    self._cv.notify_all()  # room: a submit blocked on the full queue goes on
                 error = BackendError(f"the batcher failed to take a batch: {exc!r}")
-                for r in taken:  # already RUNNING: nothing else would settle them
-                    if not r.future.done():
-                        r.future.set_exception(error)
-                for r in queued:
-                    if not r.future.cancelled() and r.future.set_running_or_notify_cancel():
-                        r.future.set_exception(error)
+                for r in [*taken, *queued]:  # those in expired: Overloaded below, as they would have been
+                    try:  # each settled alone: one RUNNING already (taken, or marked when it failed) as it is
+                        if r.future.running() or (not r.future.done() and r.future.set_running_or_notify_cancel()):
+                            r.future.set_exception(error)
+                    except BaseException:  # settled meanwhile (InvalidStateError): nothing left to do
+                        pass
                 taken, more = [], True
             self._fail_expired(expired)  # outside the lock: their callbacks (a split call's) take it
             if not more:
