@@ -38,6 +38,8 @@ def configs() -> dict[str, dict]:
         f"threads={n}, opt level extended": {"threads": n, "level": "ORT_ENABLE_EXTENDED"},
         f"threads={n}, opt level basic": {"threads": n, "level": "ORT_ENABLE_BASIC"},
         f"threads={n}, spinning off, extended": {"threads": n, "spin": "0", "level": "ORT_ENABLE_EXTENDED"},
+        # vitrt's exact int8 products (vitrt/backends/onnxruntime.py): its cost where u8 x s8 saturates
+        f"threads={n}, x64quantprecision": {"threads": n, "x64": "1"},
     }
 
 
@@ -50,6 +52,8 @@ def session(path: Path, cfg: dict):
         so.intra_op_num_threads = cfg["threads"]
     if "spin" in cfg:
         so.add_session_config_entry("session.intra_op.allow_spinning", cfg["spin"])
+    if "x64" in cfg:
+        so.add_session_config_entry("session.x64quantprecision", cfg["x64"])
     if "level" in cfg:
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, cfg["level"])
     return ort.InferenceSession(os.fspath(path), so, providers=["CPUExecutionProvider"])

@@ -100,3 +100,11 @@ def test_vit_b16_384_macs():
     macs = vit_macs(model)
     assert macs["linear"] / 1e9 == pytest.approx(49.35, abs=0.01)
     assert macs["attention"] / 1e9 == pytest.approx(6.14, abs=0.01)
+
+
+def test_int8_saturates_where_no_8_bit_dot_product_is():
+    """VPMADDUBSW saturates its 16-bit pair sums; VNNI and AMX accumulate in 32 bits (vitrt/cpu.py)."""
+    assert cpu.int8_saturates(machine("epyc_7702_avx2.txt"))
+    assert not cpu.int8_saturates(machine("xeon_icelake_avx512_vnni.txt"))
+    assert not cpu.int8_saturates(machine("xeon_8573c_amx.txt"))
+    assert not cpu.int8_saturates(cpu.CpuInfo(model="arm", vendor="unknown", family=0))  # not x86: no claim

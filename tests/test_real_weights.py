@@ -97,7 +97,7 @@ def test_a_wheel_with_another_sha256_is_refused(wheel, tmp_path, monkeypatch):
 def test_the_recipes_pass_the_stated_gate_on_real_weights_and_the_old_ones_fail(mapped, tmp_path):
     """The default int8-cpu passes the gate with no override (docs/precision.md: 0.9970 worst photo cosine
     on the AVX-512 VNNI EPYC, 0.9981 on a Sapphire Rapids Xeon), on OpenVINO too (what the fleet serves on
-    a VNNI CPU: 0.9978); the default int8 holds worst >= 0.985 and mean >= 0.995 (0.9928 and 0.9896 on
+    a VNNI CPU: 0.9978; on AVX2 alone, where its 8-bit products saturate, 0.9883 against a floor); the default int8 holds worst >= 0.985 and mean >= 0.995 (0.9928 and 0.9896 on
     those two machines: the gate passes it on the first only);
     made the old ways, they fail it: int8 with FP32 around it and max calibration (the 2026-12-01 recipe,
     0.988) and int8-cpu from ONNX Runtime's quantizer with int8 attention (0.88). fp8 (the int8 recipe in
@@ -137,10 +137,21 @@ def test_the_recipes_pass_the_stated_gate_on_real_weights_and_the_old_ones_fail(
     import vitrt  # OpenVINO comes with the test extras (vitrt[peers])
     from vitrt.verify import candidate_outputs
 
+    from vitrt.cpu import int8_saturates, read_cpuinfo
+    from vitrt.fleet import Machine, cpu_backend
+
     with vitrt.Engine(built["int8-cpu"], backend="openvino") as engine:
         report = gate.parity_report(reference, candidate_outputs(engine, inputs),
                                     Metadata.from_onnx(built["int8-cpu"]).data["gate"])
-    assert report["passed"] is True, report["thresholds"]
+    if int8_saturates(read_cpuinfo()):
+        # AVX2 alone: OpenVINO's u8 x s8 products saturate and it has no exact mode (ONNX Runtime's, which
+        # vitrt sets, made the gate above pass here). Measured 0.9883 worst photo logits cosine on the CI's
+        # CPU of 2026-12-06, 0.9978 with VNNI: the floor 0.98 lets the drift be no more than twice that
+        # large. Engine does not pick OpenVINO for int8-cpu here.
+        assert report["metrics"]["photos"]["logits"]["cosine_min"] >= 0.98, report["thresholds"]
+        assert cpu_backend(Machine.here(), "int8-cpu")[0] == "onnxruntime"
+    else:
+        assert report["passed"] is True, report["thresholds"]
     calib, prov = load_calibration("builtin", meta["data_config"], log=lambda m: None, warn_small=False)
     # as they were made: the 2026-12-01 int8 with max calibration, int8-cpu with ORT's MinMax
     for precision, kwargs in (("int8", {"quant_recipe": "fp32", "method": "max"}), ("int8-cpu", {"cpu_recipe": "ort"})):

@@ -81,6 +81,18 @@ def parse_cpuinfo(text: str) -> CpuInfo:
                    flags=frozenset(first.get("flags", "").split()), mhz=mhz, clock_source=source, topology=topology)
 
 
+#: The instruction sets whose 8-bit dot products accumulate in 32 bits (VPDPBUSD, TDPBUSD). An x86 CPU
+#: with none of them runs u8 x s8 products with VPMADDUBSW, which adds each pair in 16 bits and saturates:
+#: int8 outputs go off unless the runtime avoids it (docs/precision.md, "Without VNNI").
+INT8_DOT_ISA = ("AMX-INT8", "AVX-512 VNNI", "AVX-VNNI")
+
+
+def int8_saturates(cpu: CpuInfo) -> bool:
+    """True on an x86 CPU (AVX2 at least) with none of :data:`INT8_DOT_ISA`."""
+    isa = cpu.isa
+    return "AVX2" in isa and not any(i in isa for i in INT8_DOT_ISA)
+
+
 def read_cpuinfo(path: str | os.PathLike = "/proc/cpuinfo") -> CpuInfo:
     try:
         return parse_cpuinfo(Path(path).read_text())

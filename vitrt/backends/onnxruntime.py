@@ -132,20 +132,36 @@ def _warn_fp16_quantize(ort, metadata: Metadata, provider: str) -> None:
             *FP16_QUANTIZE_FIXED)
 
 
+#: ONNX Runtime's session key for its slower u8 x u8 kernels where u8 x s8 overflows (the comment in
+#: :func:`session_options`; onnxruntime_session_options_config_keys.h, kOrtSessionOptionsAvx2PrecisionMode).
+X64_QUANT_PRECISION = "session.x64quantprecision"
+
+
+def session_options(ort, precision: str, threads: int | None = None, session_config: dict[str, str] | None = None):
+    """The ``ort.SessionOptions`` vitrt runs a ``precision`` artifact with (``session_config`` over its own)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    config = dict(session_config or {})
+    # Exact 8-bit products where they would saturate: without VNNI (AVX2 alone, AVX-512 without VNNI)
+    # ONNX Runtime's u8 x s8 kernel adds pairs of products in 16 bits (VPMADDUBSW), which clips; the toy
+    # ViT's int8-cpu fell from 0.9997 to 0.982 photo cosine on an emulated AVX2 CPU (docs/precision.md).
+    # ORT applies it only where its CPU would overflow (MlasPlatformU8S8Overflow): a no-op with VNNI.
+    config.setdefault(X64_QUANT_PRECISION, "1")
+    if precision == "fp8":
+        # ORT's CPU optimizer rewrites FP8 Q/DQ pairs into an invalid graph (shared/TOOLCHAIN-NOTES.md)
+        config.setdefault("session.disable_quant_qdq", "1")
+    for key, value in config.items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | os.PathLike, metadata: Metadata, providers: Sequence | None = None,
                  threads: int | None = None, session_config: dict[str, str] | None = None, device: int | None = None):
         ort = _ort()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        config = dict(session_config or {})
-        if metadata.precision == "fp8":
-            # ORT's CPU optimizer rewrites FP8 Q/DQ pairs into an invalid graph (shared/TOOLCHAIN-NOTES.md)
-            config.setdefault("session.disable_quant_qdq", "1")
-        for key, value in config.items():
-            opts.add_session_config_entry(key, value)
+        opts = session_options(ort, metadata.precision, threads, session_config)
         chosen = with_device(check_providers(providers) if providers else default_providers(), device)
         try:
             self.session = ort.InferenceSession(os.fspath(path), opts, providers=chosen)

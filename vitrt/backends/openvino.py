@@ -63,6 +63,22 @@ def check_model(model, meta: Metadata, path: str) -> None:
     check_io(got_in, got_out, meta, path)
 
 
+def _warn_saturation(metadata: Metadata, path: str, cpu=None) -> None:
+    """Warn when an int8-cpu graph runs on OpenVINO on a CPU without 8-bit dot products: its u8 x s8
+    kernels saturate there (vitrt.cpu.INT8_DOT_ISA) and OpenVINO has no exact mode. Measured: the toy
+    ViT's photo cosine 0.982 (0.9997 with VNNI), the trained ViT-S's 0.9883 (docs/precision.md)."""
+    import logging
+
+    from ..cpu import read_cpuinfo, int8_saturates
+
+    if metadata.precision == "int8-cpu" and int8_saturates(cpu or read_cpuinfo()):
+        logging.getLogger("vitrt").warning(
+            "%s is int8 and this CPU has none of AVX-512 VNNI, AVX-VNNI, AMX-INT8: OpenVINO's 8-bit products "
+            "saturate here and its outputs drift from the verified ones (photo cosine 0.98-0.99 measured); "
+            "expected backend='onnxruntime' (exact here, what Engine picks on this CPU), or `vitrt verify "
+            "--backend openvino` to measure it", path)
+
+
 class OpenVINOBackend(Backend):
     def __init__(self, path: str | os.PathLike, metadata: Metadata, threads: int):
         ov = _ov()
@@ -75,6 +91,7 @@ class OpenVINOBackend(Backend):
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise ArtifactError(f"OpenVINO could not read {os.fspath(path)!r}: {exc}") from None
         check_model(model, metadata, os.fspath(path))
+        _warn_saturation(metadata, os.fspath(path))
         self.config = {**CONFIG, "INFERENCE_NUM_THREADS": int(threads)}
         self.core, self.model, self.path = core, model, os.fspath(path)
         self.compiled: dict = {None: self._compile(model)}  # batch size (None: dynamic) -> compiled model
