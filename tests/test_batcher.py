@@ -309,6 +309,48 @@ def test_a_split_call_cancelled_in_the_queue_runs_no_part():
     assert seen == [[0.0], [9.0]] and all(p.cancelled() for p in parts), seen
 
 
+def test_a_split_call_cancelled_as_its_first_part_starts_either_runs_whole_or_not_at_all():
+    """The call's cancel landing just as the feeding thread starts its first part: the call used to be
+    marked started only after that part was (a cancel in between succeeded, the caller was told the call
+    had not started, and the part ran). The first part's future here tries the cancel from inside its own
+    start, the narrowest window there is; the call now starts before its part, so that cancel fails and
+    the call runs whole."""
+    from concurrent.futures import Future
+
+    seen, hold, tried = [], threading.Event(), []
+
+    def model(batch):
+        seen.append(batch[:, 0].tolist())
+        hold.wait(10)
+        return {"marker": batch[:, 0]}
+
+    batcher = Batcher(model, max_batch=2, max_delay_ms=0)
+    try:
+        first = batcher.submit(np.zeros((1, 1)))
+        for _ in range(1000):
+            if first.running():
+                break
+            time.sleep(0.01)
+        call = batcher.submit(np.arange(1, 5).reshape(4, 1))  # two parts: rows 1-2 and 3-4
+
+        class CancelsItsCall(Future):
+            def set_running_or_notify_cancel(self):
+                started = super().set_running_or_notify_cancel()
+                tried.append(call.cancel())
+                return started
+
+        call.parts[0].__class__ = CancelsItsCall
+        hold.set()
+        assert wait(first, 5000)["marker"].tolist() == [0.0]
+        if tried == [True]:  # the old order: cancelled, so no part may have run
+            assert wait(batcher.submit(np.full((1, 1), 9.0)), 5000)["marker"].tolist() == [9.0]
+            assert [1.0, 2.0] not in seen, ("a cancelled call's part ran", seen)
+        assert tried == [False] and call.result(5)["marker"].tolist() == [1.0, 2.0, 3.0, 4.0], (tried, seen)
+    finally:
+        hold.set()
+        batcher.close(10)
+
+
 def test_an_nchw_artifact_batches_threads_and_coroutines_together(small_onnx_nchw, photos, crops):
     """A float32 NCHW artifact with batching: a thread's normalized [1, 3, 384, 384] infer and a
     coroutine's apredict (crops, normalized by the Engine as infer() does) meet in the batcher and each

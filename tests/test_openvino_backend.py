@@ -201,7 +201,8 @@ def test_passes_the_artifacts_own_gate(int8_cpu, capsys, tmp_path):
 
 def test_an_int8_graph_on_a_cpu_without_vnni_is_warned_about(int8_cpu, caplog):
     """OpenVINO has no exact mode for u8 x s8 on AVX2 alone (ONNX Runtime does, and vitrt sets it): the
-    trained ViT-S's int8-cpu read 0.9883 photo cosine there on OpenVINO. The warning names the way out."""
+    toy ViT's int8-cpu read 0.982 photo cosine on OpenVINO under an emulated AVX2 CPU. The warning names
+    the way out."""
     import logging
     from pathlib import Path
 

@@ -81,7 +81,25 @@ def test_token_from_the_environment_or_a_new_0600_file(tmp_path, monkeypatch):
     assert security.client_token() == "from-a-kubernetes-secret-0123"  # the environment before the file
     assert security.client_token("explicit") == "explicit"  # the argument before both
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert security.token_file(9000) == Path.home() / ".cache" / "vitrt" / "admin-token-9000"
+    assert security.token_file(9000) == Path.home() / ".cache" / "vitrt" / "serve" / "admin-token-9000"
+
+
+def test_a_cache_folder_made_under_umask_002_does_not_stop_serve(tmp_path, monkeypatch):
+    """Without XDG_RUNTIME_DIR the token goes under ~/.cache/vitrt, which vitrt's caches (TensorRT-RTX's
+    runtime cache, the real weights) create with the umask's mode: 0775 under umask 002. The token's own
+    folder is made 0700 inside it (before, the shared folder itself was refused as others-writable)."""
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("VITRT_ADMIN_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shared = tmp_path / ".cache" / "vitrt"
+    shared.mkdir(parents=True)
+    shared.chmod(0o775)
+    token, path = security.server_token(8123)
+    try:
+        assert path.parent == shared / "serve" and (path.parent.stat().st_mode & 0o777) == 0o700
+        assert security.client_token(host="127.0.0.1", port=8123) == token
+    finally:
+        security.remove_token_file(path, token)
 
 
 def test_one_token_file_per_server_read_for_loopback_only_and_removed_at_exit(tmp_path, monkeypatch):

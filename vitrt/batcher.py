@@ -54,7 +54,7 @@ class _Request:
     def __init__(self, batch: np.ndarray, timeout_ms: float | None):
         self.batch, self.future, self.t0 = batch, Future(), time.monotonic()
         self.deadline = self.t0 + timeout_ms / 1000 if timeout_ms is not None else None
-        self.on_start: Callable[[], None] | None = None  # a split call's first part: the call has started
+        self.on_start: Callable[[], bool] | None = None  # a split call's first part: the call starts (False: gone)
         self.later: list[_Request] = []  # a split call's first part: the parts after it (they leave with it)
         self.call: Future | None = None  # a split call's part: the joined future (cancelled: no part runs)
 
@@ -225,11 +225,13 @@ class Batcher:
                 break  # rows that cannot be concatenated with this batch's go in the next one
             self._queue.popleft()
             self._queued -= len(head.batch)
-            if not head.given_up() and head.future.set_running_or_notify_cancel():  # False: cancelled
+            if head.given_up():
+                continue
+            if head.on_start is not None and not head.on_start():
+                continue  # its call was cancelled just now: the call's cancel callback cancels this part
+            if head.future.set_running_or_notify_cancel():  # False: cancelled
                 taken.append(head)
                 size += len(head.batch)
-                if head.on_start is not None:
-                    head.on_start()
         if taken:
             self._cv.notify_all()  # room in the queue for a blocked submit
         return True
@@ -400,9 +402,9 @@ def _joined(parts: list[_Request]) -> Future:
                 return False
         return True
 
-    def on_start() -> None:
+    def on_start() -> bool:  # the batcher's, before the first part starts: False, the call was cancelled
         with lock:
-            start()
+            return start()
 
     def done(f: Future) -> None:
         with lock:

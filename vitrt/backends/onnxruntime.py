@@ -14,6 +14,7 @@ input shape is never blamed on the caller's image later.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -137,24 +138,38 @@ def _warn_fp16_quantize(ort, metadata: Metadata, provider: str) -> None:
 X64_QUANT_PRECISION = "session.x64quantprecision"
 
 
-def session_options(ort, precision: str, threads: int | None = None, session_config: dict[str, str] | None = None):
-    """The ``ort.SessionOptions`` vitrt runs a ``precision`` artifact with (``session_config`` over its own)."""
+def session_options(ort, precision: str, threads: int | None = None, session_config: dict[str, str] | None = None,
+                    saturates: bool | None = None):
+    """The ``ort.SessionOptions`` vitrt runs a ``precision`` artifact with (``session_config`` over its own).
+    ``saturates``: whether this CPU's u8 x s8 products saturate (default: :func:`vitrt.cpu.int8_saturates`
+    on /proc/cpuinfo)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = int(threads)
     config = dict(session_config or {})
-    # Exact 8-bit products where they would saturate: without VNNI (AVX2 alone, AVX-512 without VNNI)
-    # ONNX Runtime's u8 x s8 kernel adds pairs of products in 16 bits (VPMADDUBSW), which clips; the toy
-    # ViT's int8-cpu fell from 0.9997 to 0.982 photo cosine on an emulated AVX2 CPU (docs/precision.md).
-    # ORT applies it only where its CPU would overflow (MlasPlatformU8S8Overflow): a no-op with VNNI.
-    config.setdefault(X64_QUANT_PRECISION, "1")
+    if saturates is None:
+        saturates = _saturates_here()
+    if saturates:
+        # Exact 8-bit products where they would saturate: without VNNI or AMX (AVX2 alone) ONNX Runtime's
+        # u8 x s8 kernel adds pairs of products in 16 bits (VPMADDUBSW), which clips; the toy ViT's int8-cpu
+        # fell from 0.9997 to 0.982 photo cosine on an emulated AVX2 CPU (docs/precision.md). Only there:
+        # ONNX Runtime 1.32 also rewrites the weights to u8 on a VNNI CPU (slower kernels, seen in its
+        # optimized graph), which 1.24 did not (tests/test_onnxruntime_backend.py checks both).
+        config.setdefault(X64_QUANT_PRECISION, "1")
     if precision == "fp8":
         # ORT's CPU optimizer rewrites FP8 Q/DQ pairs into an invalid graph (shared/TOOLCHAIN-NOTES.md)
         config.setdefault("session.disable_quant_qdq", "1")
     for key, value in config.items():
         opts.add_session_config_entry(key, value)
     return opts
+
+
+@functools.cache
+def _saturates_here() -> bool:
+    from ..cpu import int8_saturates, read_cpuinfo
+
+    return int8_saturates(read_cpuinfo())
 
 
 class OnnxRuntimeBackend(Backend):

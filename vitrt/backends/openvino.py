@@ -66,7 +66,8 @@ def check_model(model, meta: Metadata, path: str) -> None:
 def _warn_saturation(metadata: Metadata, path: str, cpu=None) -> None:
     """Warn when an int8-cpu graph runs on OpenVINO on a CPU without 8-bit dot products: its u8 x s8
     kernels saturate there (vitrt.cpu.INT8_DOT_ISA) and OpenVINO has no exact mode. Measured: the toy
-    ViT's photo cosine 0.982 (0.9997 with VNNI), the trained ViT-S's 0.9883 (docs/precision.md)."""
+    ViT's photo cosine 0.982 under an emulated AVX2 CPU (0.9997 with VNNI); the trained ViT-S's 0.9883 on
+    the CI run of 2026-12-06, its CPU not recorded (docs/precision.md, "Without VNNI")."""
     import logging
 
     from ..cpu import read_cpuinfo, int8_saturates

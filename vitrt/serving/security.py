@@ -120,11 +120,12 @@ def grpc_exposure(host: str, grpc_port: int) -> str | None:
 
 def token_file(port: int = 8000) -> Path:
     """Where the generated token of the server on HTTP ``port`` is written: ``$XDG_RUNTIME_DIR/vitrt/``,
-    else ``~/.cache/vitrt/``, ``admin-token-PORT`` (one file per server: a second one does not overwrite
-    the first's)."""
+    else ``~/.cache/vitrt/serve/``, ``admin-token-PORT`` (one file per server: a second one does not
+    overwrite the first's). A folder of its own under ~/.cache/vitrt, which vitrt's caches create with
+    the umask's mode (0775 under umask 002, which the folder check refuses)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) if runtime else Path.home() / ".cache"
-    return base / "vitrt" / f"admin-token-{int(port)}"
+    folder = Path(runtime) / "vitrt" if runtime else Path.home() / ".cache" / "vitrt" / "serve"
+    return folder / f"admin-token-{int(port)}"
 
 
 def _private_dir(folder: Path, create: bool = True) -> int:
