@@ -43,33 +43,90 @@ def _weight_type(path) -> int:
 
 
 def test_int8_products_are_exact_on_every_cpu(tmp_path):
-    """vitrt's session options give the exact sum where the CPU's u8 x s8 kernel would saturate (AVX2
-    alone: vitrt.cpu.int8_saturates), and leave ONNX Runtime's kernels alone elsewhere. Where it saturates,
-    ORT's defaults cut the sum to about half (32.38 of 64 under an emulated AVX2 CPU: docs/precision.md);
+    """vitrt's session options give the exact sum where this ONNX Runtime's u8 x s8 kernel saturates (on a
+    CPU without VNNI or AMX, AVX2 alone), and leave ORT's kernels alone elsewhere. Where it saturates, ORT's
+    defaults cut the sum to about half (32.38 of 64 under an emulated AVX2 CPU: docs/precision.md);
     elsewhere the exact u8 x u8 mode is not asked for, since ORT 1.32 would then rewrite the weights to u8
-    on a VNNI CPU too (slower kernels; seen in its optimized graph). The tolerance is float32 rounding of a
-    64-term sum."""
-    from vitrt.backends.onnxruntime import X64_QUANT_PRECISION, session_options
+    on a VNNI CPU too (slower kernels; the next test). vitrt's probe must say which case this is. The
+    tolerance is float32 rounding of a 64-term sum."""
+    from vitrt.backends.onnxruntime import X64_QUANT_PRECISION, _saturates_here, session_options
     from vitrt.cpu import int8_saturates, read_cpuinfo
 
     model, x = _saturating_matmul(), np.ones((8, K), np.float32)
-    saturates = int8_saturates(read_cpuinfo())
-    where = f"this CPU: {read_cpuinfo().isa}, u8 x s8 saturates: {saturates}"
+    plain = ort.SessionOptions()
+    plain.log_severity_level = 3
+    default = _run(model, plain, x)
+    saturates = float(default.max()) < 0.6 * K  # what ORT's own kernel does here
+    where = (f"this CPU: {read_cpuinfo().isa} (/proc/cpuinfo: saturates {int8_saturates(read_cpuinfo())}), "
+             f"ORT {ort.__version__}'s u8 x s8 kernel saturates: {saturates}")
+    assert _saturates_here() is saturates, where
     np.testing.assert_allclose(_run(model, session_options(ort, "int8-cpu"), x, tmp_path / "ours.onnx"), K,
                                rtol=1e-5, err_msg=where)
     # the exact mode forced on gives the exact sum on every CPU
     np.testing.assert_allclose(_run(model, session_options(ort, "int8-cpu", saturates=True), x), K, rtol=1e-5)
-    plain = ort.SessionOptions()
-    plain.log_severity_level = 3
-    default = _run(model, plain, x)
     if saturates:
         assert session_options(ort, "int8-cpu").get_session_config_entry(X64_QUANT_PRECISION) == "1"
-        assert float(default.max()) < 0.6 * K, (default, where)  # the saturation this option exists for
     else:
         np.testing.assert_allclose(default, K, rtol=1e-5, err_msg=where)
         with pytest.raises(RuntimeError, match="does not have configuration"):
             session_options(ort, "int8-cpu").get_session_config_entry(X64_QUANT_PRECISION)
         assert _weight_type(tmp_path / "ours.onnx") == 3, where  # int8 weights: the VNNI/AMX kernels stay
+
+
+def test_onnx_runtime_1_32_keeps_the_int8_weights_where_nothing_saturates(tmp_path):
+    """In the serving venv (ONNX Runtime 1.32, what `vitrt[cpu]` installs; the build venv's 1.24 never
+    rewrites): asked for the exact mode, 1.32 turns the s8 weights into u8 even on a VNNI CPU, so vitrt
+    asks only where its probe saw saturation, and the weights stay int8 elsewhere."""
+    import subprocess
+
+    from benchmarks.serve_process import serve_python
+
+    python = serve_python()
+    if python is None:
+        pytest.skip("no serving venv (make test sets VITRT_SERVE_PYTHON)")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(_saturating_matmul())
+    script = (
+        "import sys, onnxruntime as ort\n"
+        "from vitrt.backends.onnxruntime import _saturates_here, session_options\n"
+        "for name, kw in (('ours', {}), ('forced', {'saturates': True})):\n"
+        "    o = session_options(ort, 'int8-cpu', **kw)\n"
+        "    o.optimized_model_filepath = sys.argv[2] + '/' + name + '.onnx'\n"
+        "    ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n"
+        "print(ort.__version__, _saturates_here())\n")
+    out = subprocess.run([str(python), "-c", script, str(model), str(tmp_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    version, saturates = out.stdout.split()
+    if tuple(int(v) for v in version.split(".")[:2]) < (1, 32):
+        pytest.skip(f"the serving venv has ONNX Runtime {version}; this is about 1.32's rewrite")
+    assert _weight_type(tmp_path / "forced.onnx") == 2, version  # the rewrite the mode makes
+    assert _weight_type(tmp_path / "ours.onnx") == (2 if saturates == "True" else 3), (version, saturates)
+
+
+def test_the_probe_is_the_graph_it_says():
+    """vitrt's embedded probe (vitrt/backends/onnxruntime.py PROBE): x [1, 2] through u8 Q/DQ (1/255) into
+    a MatMul with s8 127s (1/127), opset 13."""
+    import base64
+
+    import onnx
+    from onnx import numpy_helper
+
+    from vitrt.backends.onnxruntime import PROBE
+
+    model = onnx.load_from_string(base64.b64decode(PROBE))
+    onnx.checker.check_model(model)
+    g = model.graph
+    assert [n.op_type for n in g.node] == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "MatMul"]
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    assert inits["w_q"].dtype == np.int8 and inits["w_q"].tolist() == [[127], [127]]
+    assert inits["x_z"].dtype == np.uint8 and int(inits["x_z"]) == 0 and int(inits["w_z"]) == 0
+    assert np.isclose(inits["x_s"], 1 / 255) and np.isclose(inits["w_s"], 1 / 127)
+    assert model.opset_import[0].version == 13
+    plain = ort.SessionOptions()
+    plain.log_severity_level = 3
+    exact = _run(base64.b64decode(PROBE), plain, np.ones((1, 2), np.float32))  # shape [1, 1]
+    assert exact.shape == (1, 1)
 
 
 def test_a_callers_session_config_wins_over_vitrts():

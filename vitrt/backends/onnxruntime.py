@@ -141,8 +141,8 @@ X64_QUANT_PRECISION = "session.x64quantprecision"
 def session_options(ort, precision: str, threads: int | None = None, session_config: dict[str, str] | None = None,
                     saturates: bool | None = None):
     """The ``ort.SessionOptions`` vitrt runs a ``precision`` artifact with (``session_config`` over its own).
-    ``saturates``: whether this CPU's u8 x s8 products saturate (default: :func:`vitrt.cpu.int8_saturates`
-    on /proc/cpuinfo)."""
+    ``saturates``: whether this CPU's u8 x s8 products saturate (default: ONNX Runtime's kernel asked
+    once, :func:`_saturates_here`)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -165,11 +165,38 @@ def session_options(ort, precision: str, threads: int | None = None, session_con
     return opts
 
 
+#: The probe: x [1, 2] -> QuantizeLinear (u8, scale 1/255) -> DequantizeLinear -> MatMul with a
+#: DequantizeLinear'd s8 weight [2, 1] of 127s (scale 1/127); opset 13, IR 7. x = 1 gives 2.0 exactly;
+#: a u8 x s8 kernel that adds its pair in 16 bits (255 * 127 * 2 = 64770 > 32767) gives 1.012.
+#: tests/test_onnxruntime_backend.py parses these bytes and checks they are that graph.
+PROBE = ("CAc6gwIKIgoBeAoDeF9zCgN4X3oSA3hfcSIOUXVhbnRpemVMaW5lYXIKJwoDeF9xCgN4X3MKA3hfehIEeF9kcSIQRGVxdWFu"
+         "dGl6ZUxpbmVhcgonCgN3X3EKA3dfcwoDd196EgR3X2RxIhBEZXF1YW50aXplTGluZWFyChcKBHhfZHEKBHdfZHESAXkiBk1h"
+         "dE11bBIBcyoPCAIIARADQgN3X3FKAn9/Kg0QAUIDd19zSgQEAgE8KgoQA0IDd196SgEAKg0QAUIDeF9zSgSBgIA7KgoQAkID"
+         "eF96SgEAWhMKAXgSDgoMCAESCAoCCAEKAggCYhMKAXkSDgoMCAESCAoCCAEKAggBQgQKABAN")
+
+
 @functools.cache
 def _saturates_here() -> bool:
-    from ..cpu import int8_saturates, read_cpuinfo
+    """Whether this ONNX Runtime's u8 x s8 kernel saturates on this CPU: the probe, run once with ORT's
+    defaults. ORT picks its kernels by CPUID, which /proc/cpuinfo need not show (a CPU emulator shows the
+    host's flags; macOS has no /proc): asking the kernel itself is what matches. A probe that cannot run
+    falls back to vitrt.cpu.int8_saturates."""
+    import base64
+    import logging
 
-    return int8_saturates(read_cpuinfo())
+    ort = _ort()
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 1
+        session = ort.InferenceSession(base64.b64decode(PROBE), opts, providers=["CPUExecutionProvider"])
+        y = float(session.run(None, {"x": np.ones((1, 2), np.float32)})[0].ravel()[0])
+    except Exception as exc:  # ORT's own error types
+        from ..cpu import int8_saturates, read_cpuinfo
+
+        logging.getLogger("vitrt").debug("the u8 x s8 probe did not run (%s); reading /proc/cpuinfo", exc)
+        return int8_saturates(read_cpuinfo())
+    return abs(y - 2.0) > 1e-3
 
 
 class OnnxRuntimeBackend(Backend):
