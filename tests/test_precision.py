@@ -537,3 +537,34 @@ def test_fp16_only_build_does_not_warn_about_calibration_size(tmp_path):
     build(_opts(tmp_path, precision="fp16"), log=logs.append)
     assert not any("at least 500" in m for m in logs)  # FP16's range check is not INT8 calibration
     assert Metadata.from_onnx(tmp_path / "m_fp16.onnx").data["calibration"]["used"] == 1
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_nncfs_own_sessions_get_the_exact_int8_mode_where_u8_s8_saturates(saturates):
+    """NNCF's fast bias correction runs quantized layers on ONNX Runtime sessions of its own
+    (nncf/onnx/engine.py: ``rt.SessionOptions()``); where u8 x s8 saturates they get vitrt's exact mode,
+    so the bias it fits does not make up for a saturation the Engine will not have (docs/precision.md,
+    "Without VNNI"). Elsewhere nothing is touched. In a fresh interpreter, as export/precision.py runs it;
+    the CPU's answer is forced both ways (this CPU gives one)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import vitrt.backends.onnxruntime as b\n"
+        f"b._saturates_here = lambda: {saturates}\n"
+        "import onnxruntime as rt\n"
+        "original = rt.SessionOptions\n"
+        "import export.nncf_quantize as q\n"
+        f"assert q.exact_int8_sessions() is {saturates}\n"
+        "from nncf.onnx.engine import ONNXEngine\n"
+        "import onnx\n"
+        "engine = ONNXEngine(onnx.load_from_string(__import__('base64').b64decode(b.PROBE)))\n"
+        "try:\n"
+        "    value = engine.sess.get_session_options().get_session_config_entry(b.X64_QUANT_PRECISION)\n"
+        "except RuntimeError:\n"
+        "    value = None\n"
+        "print(value, rt.SessionOptions is original)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == (["1", "False"] if saturates else ["None", "True"]), out.stdout
