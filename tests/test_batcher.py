@@ -225,6 +225,16 @@ def test_nothing_raised_in_the_feeding_thread_stops_it():
     batcher.close()
 
 
+def _started(batcher, rows):
+    """``batcher.submit(rows)``'s future once the feeding thread has started it (up to 10 s)."""
+    future = batcher.submit(rows)
+    for _ in range(1000):
+        if future.running():
+            break
+        time.sleep(0.01)
+    return future
+
+
 def test_the_safety_net_wakes_a_blocked_submit_and_fails_a_request_marked_running():
     """If taking a batch ever raises (it is not expected to: here _expire is made to, once, after it
     marked the queued request RUNNING), the feeding thread fails what it held and lives. Before, it
@@ -238,11 +248,7 @@ def test_the_safety_net_wakes_a_blocked_submit_and_fails_a_request_marked_runnin
 
     batcher = Batcher(model, max_batch=2, max_delay_ms=0, max_queue=2)
     try:
-        first = batcher.submit(np.zeros((2, 1)))
-        for _ in range(1000):
-            if first.running():
-                break
-            time.sleep(0.01)
+        first = _started(batcher, np.zeros((2, 1)))
         queued = batcher.submit(np.ones((2, 1)))  # the queue full
         real, calls = batcher._expire, []
 
@@ -287,11 +293,7 @@ def test_a_split_call_cancelled_in_the_queue_runs_no_part():
 
     batcher = Batcher(model, max_batch=2, max_delay_ms=0)
     try:
-        first = batcher.submit(np.zeros((1, 1)))
-        for _ in range(1000):
-            if first.running():
-                break
-            time.sleep(0.01)
+        first = _started(batcher, np.zeros((1, 1)))
         call = batcher.submit(np.arange(1, 5).reshape(4, 1))  # two parts: rows 1-2 and 3-4
         parts = call.parts
 
@@ -326,11 +328,7 @@ def test_a_split_call_cancelled_as_its_first_part_starts_either_runs_whole_or_no
 
     batcher = Batcher(model, max_batch=2, max_delay_ms=0)
     try:
-        first = batcher.submit(np.zeros((1, 1)))
-        for _ in range(1000):
-            if first.running():
-                break
-            time.sleep(0.01)
+        first = _started(batcher, np.zeros((1, 1)))
         call = batcher.submit(np.arange(1, 5).reshape(4, 1))  # two parts: rows 1-2 and 3-4
 
         class CancelsItsCall(Future):
@@ -469,11 +467,7 @@ def test_a_turn_given_up_before_it_reaches_the_queue_is_not_queued():
 
     batcher = Batcher(model, max_batch=2, max_delay_ms=0, max_queue=4)
     try:
-        first = batcher.submit(np.array([[0], [1]]))
-        for _ in range(1000):
-            if first.running():
-                break
-            time.sleep(0.01)
+        first = _started(batcher, np.array([[0], [1]]))
         gone = Turn()
         batcher.abandon(gone)
         with pytest.raises(CancelledError):
