@@ -136,3 +136,5 @@ def test_a_callers_session_config_wins_over_vitrts():
     assert opts.get_session_config_entry(X64_QUANT_PRECISION) == "0"
     assert session_options(ort, "int8-cpu", saturates=True).get_session_config_entry(X64_QUANT_PRECISION) == "1"
     assert session_options(ort, "fp8").get_session_config_entry("session.disable_quant_qdq") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # no u8 x s8 in an fp32 graph
+        session_options(ort, "fp32").get_session_config_entry(X64_QUANT_PRECISION)

@@ -136,6 +136,8 @@ def _warn_fp16_quantize(ort, metadata: Metadata, provider: str) -> None:
 #: ONNX Runtime's session key for its slower u8 x u8 kernels where u8 x s8 overflows (the comment in
 #: :func:`session_options`; onnxruntime_session_options_config_keys.h, kOrtSessionOptionsAvx2PrecisionMode).
 X64_QUANT_PRECISION = "session.x64quantprecision"
+#: The precisions whose graphs ONNX Runtime runs with u8 x s8 kernels (int8 Q/DQ).
+QUANTIZED_U8S8 = ("int8", "int8-cpu")
 
 
 def session_options(ort, precision: str, threads: int | None = None, session_config: dict[str, str] | None = None,
@@ -148,8 +150,8 @@ def session_options(ort, precision: str, threads: int | None = None, session_con
     if threads:
         opts.intra_op_num_threads = int(threads)
     config = dict(session_config or {})
-    if saturates is None:
-        saturates = _saturates_here()
+    if saturates is None:  # only a quantized graph has u8 x s8 products to ask about
+        saturates = precision in QUANTIZED_U8S8 and _saturates_here()
     if saturates:
         # Exact 8-bit products where they would saturate: without VNNI or AMX (AVX2 alone) ONNX Runtime's
         # u8 x s8 kernel adds pairs of products in 16 bits (VPMADDUBSW), which clips; the toy ViT's int8-cpu
