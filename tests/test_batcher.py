@@ -597,8 +597,9 @@ def test_a_forked_child_gets_a_clear_error_not_a_hang(small_onnx, crops, lock_he
             try:
                 engine.infer(crops[:1])
             except vitrt.BackendError as exc:
-                engine.close()
-                return str(exc) + " | closed"
+                engine.close()  # frees nothing of the parent's: ORT's session (its thread pool) is kept
+                kept = engine.backend.closed and engine.backend.session is not None
+                return str(exc) + " | closed" + (" | kept" if kept else "")
             return "answered"
 
         code, out = _in_a_fork(child)
@@ -606,7 +607,7 @@ def test_a_forked_child_gets_a_clear_error_not_a_hang(small_onnx, crops, lock_he
         if lock_held:
             holder.join(10)
         assert code == 0 and "is a fork of it" in out and "expected a new Engine" in out, (code, out)
-        assert out.endswith(" | closed"), out
+        assert out.endswith(" | closed | kept"), out  # before: it freed the session; it hung 1 suite in 4
         assert engine.infer(crops[:1])["logits"].shape[0] == 1  # the parent's engine is unaffected
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -22,6 +23,17 @@ class Prediction(NamedTuple):
     index: int
     label: str
     prob: float
+
+
+
+#: The backends of this process's Engines, and in a forked child those it inherited: kept there for the
+#: child's life, so that neither close() nor garbage collection frees the parent's threads and memory in
+#: it (Engine.close).
+_LIVE_BACKENDS: "weakref.WeakSet" = weakref.WeakSet()
+_INHERITED: list = []
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _INHERITED.extend(_LIVE_BACKENDS))
 
 
 class Engine(AsyncEngine):
@@ -57,6 +69,7 @@ class Engine(AsyncEngine):
                  max_delay_ms: float | None = None, max_queue: int | None = None):
         self.backend = None
         self._batcher = None
+        self._pid = os.getpid()  # a forked child's close() frees nothing of its parent's (close)
         self.threads = None  # ONNX Runtime's intra-op threads (.onnx only), and why that many
         self.threads_why = None
         self.backend_why = None  # why this runtime, for an .onnx
@@ -131,6 +144,7 @@ class Engine(AsyncEngine):
                                            cuda_graphs=True if cuda_graphs is None else cuda_graphs)
         else:
             raise ArtifactError(f"artifact {shown!r} has suffix {suffix!r}; expected .onnx or .plan")
+        _LIVE_BACKENDS.add(self.backend)
         self.labels = self.metadata.labels  # the artifact's class names, else ImageNet's, else class_<i>
         self._start_batching(batching, max_batch, max_delay_ms, max_queue)
 
@@ -143,8 +157,6 @@ class Engine(AsyncEngine):
             if given:
                 raise InputError(f"{', '.join(given)} apply with batching=True; expected batching=True or none of them")
             return
-        import weakref
-
         from .batcher import MAX_DELAY_MS, Batcher, weak_method
 
         limit = self.metadata.max_batch
@@ -182,10 +194,19 @@ class Engine(AsyncEngine):
 
     # --- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
-        """Drain the batcher's accepted requests (with batching), then free the backend."""
+        """Drain the batcher's accepted requests (with batching), then free the backend. In a forked
+        child the backend is marked closed but not freed: its thread pool, memory arenas and any GPU
+        context are the parent's, and freeing them there can wait on a thread or a lock that did not come
+        with the fork (the fork test's child hung in about one full suite in four, and freeing ONNX
+        Runtime's session was the one native call it made); the child's exit reclaims them."""
         if self._batcher is not None:
             self._close_batcher()  # the finalizer: runs batcher.close once, now or at collection
-        if self.backend is not None:
+        if self.backend is None:
+            return
+        if os.getpid() != self._pid:
+            self.backend.closed = True
+            _INHERITED.append(self.backend)
+        else:
             self.backend.close()
 
     def __enter__(self) -> "Engine":
