@@ -32,8 +32,24 @@ class Prediction(NamedTuple):
 _LIVE_BACKENDS: "weakref.WeakSet" = weakref.WeakSet()
 _INHERITED: list = []
 
+
+def _keep(backend) -> None:
+    """Keep ``backend`` for this (forked) process's life: listed, and one reference leaked on purpose,
+    since a normal exit clears module globals and would free it then."""
+    import ctypes
+
+    if not any(b is backend for b in _INHERITED):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(backend))
+        _INHERITED.append(backend)
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_LIVE_BACKENDS):
+        _keep(backend)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _INHERITED.extend(_LIVE_BACKENDS))
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Engine(AsyncEngine):
@@ -205,7 +221,7 @@ class Engine(AsyncEngine):
             return
         if os.getpid() != self._pid:
             self.backend.closed = True
-            _INHERITED.append(self.backend)
+            _keep(self.backend)
         else:
             self.backend.close()
 
